@@ -1,0 +1,26 @@
+"""Thompson sampling over eligible models: sampled quality − cost_weight × expected cost.
+
+The decision rule in one place, on plain arrays, so it can be read and tested alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class NoEligibleModel(LookupError):
+    """No model may serve this request (all disabled, excluded or over a limit)."""
+
+
+def choose(sampled_quality: np.ndarray, expected_cost: np.ndarray, cost_weight: float,
+           eligible: np.ndarray) -> tuple[int, np.ndarray]:
+    """Index of the best eligible arm, and every arm's score (−inf where not eligible).
+
+    ``score_k = sampled_quality_k − cost_weight × expected_cost_k``; ties go to the lower index.
+    """
+    score = sampled_quality - cost_weight * expected_cost
+    score[~eligible] = -np.inf
+    k = int(score.argmax())
+    if not eligible[k]:
+        raise NoEligibleModel("no eligible model: every model is disabled, excluded or over a limit")
+    return k, score

@@ -1,0 +1,277 @@
+"""Bayesian linear models of quality, one per (category, model), stacked per category.
+
+The truth is a set of sufficient statistics per arm, which add up and decay:
+
+    n  = Σ w            (decayed count)         XX = Σ w x xᵀ
+    XR = Σ w r x                                RR = Σ w r²
+
+plus a prior: a mean vector ``m0`` and a diagonal precision ``a0`` (in
+pseudo-observations). The posterior is ridge regression with that prior::
+
+    A = diag(a0) + XX        b = a0 ∘ m0 + XR        θ̂ = A⁻¹ b
+    σ² = (β0 + ½(RR + m0ᵀ diag(a0) m0 − θ̂ᵀ b)) / (α0 + n/2)      (noise, plug-in NIG)
+    θ·x | data ~ Normal(θ̂·x, σ² xᵀA⁻¹x)
+
+**Forgetting.** Before each new observation an arm's data sums are multiplied by
+``g = 2^(-1/half_life_events)`` (and/or ``2^(-Δt/half_life_seconds)``), so after
+one half-life an old observation weighs half. Only the data decays: the prior
+never does, so precision never falls below ``diag(a0)``.
+
+**The decision cache.** Deciding must not invert anything, so each arm keeps
+``P = A⁻¹`` and ``θ̂`` in one stacked matrix ``W = [θ̂₁…θ̂_K; P₁…P_K]``: one
+mat-vec gives every arm's mean and ``P x``. New observations update ``P`` by a
+Sherman-Morrison rank-one step. Decay is not rank-one (the prior does not
+decay), so the cache defers it: the cache is the exact posterior under *block*
+forgetting, and is rebuilt from the sums (one inversion) once the decay
+pending since the last rebuild falls below ``refresh_below`` (default 0.98, so the
+cache is never more than 2% behind the true forgetting) or after ``refresh_every``
+updates. The sums stay exact at every step; persistence and statistics use them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg.blas import dger as _ger
+
+NOISE_A0 = 1.0  # α0: the noise prior counts as one pseudo-observation pair
+NOISE_VAR0 = 0.25  # prior noise variance: a fair coin, the widest a [0,1] quality can be
+
+
+@dataclass
+class Posterior:
+    """One arm's prior and decayed sufficient statistics (the persistent truth).
+
+    ``count`` is the undecayed number of observations (for display only).
+    """
+
+    prior_mean: np.ndarray
+    prior_precision: np.ndarray
+    xx: np.ndarray
+    xr: np.ndarray
+    rr: float = 0.0
+    n: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def empty(cls, prior_mean: np.ndarray, prior_precision: np.ndarray) -> Posterior:
+        d = len(prior_mean)
+        return cls(np.asarray(prior_mean, float).copy(), np.asarray(prior_precision, float).copy(),
+                   np.zeros((d, d)), np.zeros(d))
+
+    def precision(self) -> np.ndarray:
+        return np.diag(self.prior_precision) + self.xx
+
+    def b(self) -> np.ndarray:
+        return self.prior_precision * self.prior_mean + self.xr
+
+    def mean(self) -> np.ndarray:
+        """θ̂: the posterior mean (ridge regression towards the prior mean)."""
+        return np.linalg.solve(self.precision(), self.b())
+
+    def noise_var(self) -> float:
+        theta = self.mean()
+        rr = self.rr + float(self.prior_precision @ (self.prior_mean**2))
+        beta = NOISE_A0 * NOISE_VAR0 + 0.5 * max(rr - float(theta @ self.b()), 0.0)
+        return max(beta / (NOISE_A0 + 0.5 * self.n), 1e-6)
+
+    def predict(self, x: np.ndarray) -> tuple[float, float]:
+        """Mean and standard deviation of θ·x."""
+        theta = self.mean()
+        v = float(x @ np.linalg.solve(self.precision(), x))
+        return float(theta @ x), float(np.sqrt(self.noise_var() * max(v, 0.0)))
+
+    def add(self, x: np.ndarray, r: float, decay: float = 1.0) -> None:
+        """Decay the data sums by ``decay``, then add one observation."""
+        self.scale(decay)
+        self.xx += np.outer(x, x)
+        self.xr += r * x
+        self.rr += r * r
+        self.n += 1.0
+        self.count += 1
+
+    def scale(self, factor: float) -> None:
+        if factor != 1.0:
+            self.xx *= factor
+            self.xr *= factor
+            self.rr *= factor
+            self.n *= factor
+
+    def merged(self, other: Posterior) -> Posterior:
+        """Sums from two sources (processes, hosts) folded together; the prior is kept once."""
+        return Posterior(self.prior_mean.copy(), self.prior_precision.copy(), self.xx + other.xx,
+                         self.xr + other.xr, self.rr + other.rr, self.n + other.n, self.count + other.count)
+
+
+class ArmPosteriors:
+    """The K arms (models) of one category, stacked for vectorised Thompson sampling."""
+
+    def __init__(self, dim: int, *, refresh_below: float = 0.98, refresh_every: int = 256) -> None:
+        self.d = dim
+        self.k = 0
+        self.refresh_below = refresh_below
+        self.refresh_every = refresh_every
+        d = dim
+        self.a0 = np.zeros((0, d))
+        self.m0 = np.zeros((0, d))
+        self.xx = np.zeros((0, d, d))
+        self.xr = np.zeros((0, d))
+        self.rr = np.zeros(0)
+        self.n = np.zeros(0)
+        self.count = np.zeros(0, dtype=np.int64)
+        # cache
+        self.W = np.zeros((0, d))
+        self.theta = self.W[:0]
+        self.P = self.W[0:].reshape(0, d, d)
+        self.s: list[float] = []  # per-arm scale of the stored sums
+        self.sse: list[float] = []  # cache: residual sum of squares, prior included
+        self.nc: list[float] = []  # cache: count
+        self.sigma = np.zeros(0)  # cache: noise sd, used by every decision
+        self.pending: list[float] = []  # decay not yet applied to the cache
+        self.since: list[int] = []  # updates since the last rebuild
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def add_arm(self, prior_mean: np.ndarray, prior_precision: np.ndarray) -> int:
+        """Append an arm with the given prior; returns its index."""
+        d, k = self.d, self.k
+        grow = lambda a, row: np.concatenate([a, row[None]])  # noqa: E731
+        self.a0 = grow(self.a0, np.asarray(prior_precision, float))
+        self.m0 = grow(self.m0, np.asarray(prior_mean, float))
+        self.xx = grow(self.xx, np.zeros((d, d)))
+        self.xr = grow(self.xr, np.zeros(d))
+        self.rr = np.append(self.rr, 0.0)
+        self.n = np.append(self.n, 0.0)
+        self.count = np.append(self.count, 0)
+        old_theta, old_p = self.theta, self.P
+        self.W = np.zeros(((k + 1) * (d + 1), d))
+        self.theta = self.W[: k + 1]
+        self.P = self.W[k + 1 :].reshape(k + 1, d, d)
+        self.theta[:k] = old_theta
+        self.P[:k] = old_p
+        self.s.append(1.0)
+        self.sse.append(0.0)
+        self.nc.append(0.0)
+        self.sigma = np.append(self.sigma, 0.0)
+        self.pending.append(1.0)
+        self.since.append(0)
+        self.k = k + 1
+        self.refresh(k)
+        return k
+
+    def get(self, i: int) -> Posterior:
+        """Arm i's prior and true (decayed) sums."""
+        inv_s = 1.0 / self.s[i]
+        return Posterior(self.m0[i].copy(), self.a0[i].copy(), self.xx[i] * inv_s, self.xr[i] * inv_s,
+                         float(self.rr[i] * inv_s), float(self.n[i] * inv_s), int(self.count[i]))
+
+    def set(self, i: int, post: Posterior) -> None:
+        self.m0[i], self.a0[i] = post.prior_mean, post.prior_precision
+        self.xx[i], self.xr[i] = post.xx, post.xr
+        self.rr[i], self.n[i], self.count[i] = post.rr, post.n, post.count
+        self.s[i] = 1.0
+        self.refresh(i)
+
+    # -- learning ----------------------------------------------------------------------------
+    def refresh(self, i: int) -> None:
+        """Rebuild arm i's cache exactly from its sums (one d×d inversion)."""
+        inv_s = 1.0 / self.s[i]
+        a = self.xx[i] * inv_s
+        a[np.diag_indices(self.d)] += self.a0[i]
+        self.P[i] = np.linalg.inv(a)
+        b = self.a0[i] * self.m0[i] + self.xr[i] * inv_s
+        self.theta[i] = self.P[i] @ b
+        rr = self.rr[i] * inv_s + self.a0[i] @ (self.m0[i] ** 2)
+        self.sse[i] = max(float(rr - self.theta[i] @ b), 0.0)
+        self.nc[i] = self.n[i] * inv_s
+        self.sigma[i] = self._sigma(self.sse[i], self.nc[i])
+        self.pending[i] = 1.0
+        self.since[i] = 0
+
+    def _renormalise(self, i: int) -> None:
+        inv_s = 1.0 / self.s[i]
+        self.xx[i] *= inv_s
+        self.xr[i] *= inv_s
+        self.rr[i] *= inv_s
+        self.n[i] *= inv_s
+        self.s[i] = 1.0
+
+    def refresh_all(self) -> None:
+        for i in range(self.k):
+            self.refresh(i)
+
+    @staticmethod
+    def _sigma(sse: float, n: float) -> float:
+        return math.sqrt(max((NOISE_A0 * NOISE_VAR0 + 0.5 * sse) / (NOISE_A0 + 0.5 * n), 1e-6))
+
+    def update(self, i: int, x: np.ndarray, r: float, decay: float = 1.0) -> None:
+        """Observe quality ``r`` for features ``x`` on arm ``i``, after decaying its data by ``decay``.
+
+        The sums are stored multiplied by a per-arm scale ``s`` (true sums = stored / s), so
+        decaying is one scalar division instead of rescaling a d×d matrix.
+        """
+        if decay != 1.0:
+            s = self.s[i] = self.s[i] / decay
+            self.pending[i] *= decay
+            if s > 1e100:
+                self._renormalise(i)
+                s = 1.0
+        else:
+            s = self.s[i]
+        _ger(s, x, x, a=self.xx[i].T, overwrite_a=True)  # in place: xx += s x xᵀ (BLAS)
+        self.xr[i] += (r * s) * x
+        self.rr[i] += s * r * r
+        self.n[i] += s
+        self.count[i] += 1
+        self.since[i] += 1
+        if self.pending[i] < self.refresh_below or self.since[i] >= self.refresh_every:
+            self.refresh(i)
+            return
+        # recursive least squares on the cache: Sherman-Morrison for P, the innovation for θ̂,
+        # and the residual sum of squares grows by e²/(1 + xᵀPx)
+        p = self.P[i]
+        px = p @ x
+        denom = 1.0 + float(x @ px)
+        e = r - float(self.theta[i] @ x)
+        _ger(-1.0 / denom, px, px, a=p.T, overwrite_a=True)  # in place: P -= P x xᵀ P / denom
+        self.theta[i] += px * (e / denom)
+        self.sse[i] += e * e / denom
+        self.nc[i] += 1.0
+        self.sigma[i] = self._sigma(self.sse[i], self.nc[i])
+
+    def decay(self, factors: np.ndarray) -> None:
+        """Decay every arm's data sums by its factor (time-based forgetting) and rebuild the caches."""
+        for i, f in enumerate(np.asarray(factors, float)):
+            self.s[i] /= f
+            if self.s[i] > 1e100:
+                self._renormalise(i)
+        self.refresh_all()
+
+    # -- deciding ----------------------------------------------------------------------------
+    def sample(self, x: np.ndarray, z: np.ndarray, explore: float = 1.0) -> np.ndarray:
+        """One Thompson draw of θ_k·x for every arm k, given standard normals ``z`` (shape K)."""
+        k = self.k
+        y = self.W @ x
+        v = y[k:].reshape(k, self.d) @ x
+        np.maximum(v, 0.0, out=v)
+        np.sqrt(v, out=v)
+        v *= self.sigma
+        v *= z
+        if explore != 1.0:
+            v *= explore
+        v += y[:k]
+        return v
+
+    def mean_quality(self, i: int, x: np.ndarray | None = None) -> tuple[float, float]:
+        """Exact posterior mean and sd of quality on arm i, at ``x`` or at the arm's mean features."""
+        post = self.get(i)
+        if x is None:
+            x = post.xx[0] / post.xx[0, 0] if post.xx[0, 0] > 1e-9 else _unit(self.d)
+        return post.predict(x)
+
+
+def _unit(d: int) -> np.ndarray:
+    e = np.zeros(d)
+    e[0] = 1.0
+    return e

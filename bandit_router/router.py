@@ -1,0 +1,317 @@
+"""The Router: ``decide()`` and ``learn()``, pure and in memory.
+
+request → features/category → :class:`Decision` → (the caller runs the model) →
+quality feedback → ``learn(decision, quality)`` → posterior. This is the one object
+the HTTP shell and the replay talk to. It does no I/O and is deterministic given
+its seed; persistence reads and writes the :class:`~bandit_router.posterior.Posterior`
+sums through :meth:`Router.posterior` and :meth:`Router.load_posterior`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .categories import DEFAULT_CATEGORIES, CategoryClassifier
+from .costs import OutputTokens, Price, PriceTable
+from .features import DIM, Message, estimate_tokens, featurize
+from .policy import NoEligibleModel, choose
+from .posterior import ArmPosteriors, Posterior
+
+__all__ = ["BanditSettings", "Decision", "ModelSpec", "NoEligibleModel", "Router"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the router may choose.
+
+    ``priors`` maps a category to (prior quality in [0,1], strength in pseudo-observations),
+    e.g. a published benchmark score worth 20 answers; categories not listed use the
+    router's default prior. ``categories``, when given, restricts the model to those.
+    """
+
+    name: str
+    price: Price
+    priors: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    output_tokens: float = 256.0
+    categories: tuple[str, ...] | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class BanditSettings:
+    """Learning settings. ``cost_weight`` is in quality points per dollar."""
+
+    cost_weight: float = 10.0
+    half_life_events: float | None = 1000.0
+    half_life_seconds: float | None = None
+    prior_quality: float = 0.5
+    prior_strength: float = 1.0
+    feature_precision: float = 10.0
+    explore: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "cost_weight": self.cost_weight >= 0,
+            "half_life_events": self.half_life_events is None or self.half_life_events > 0,
+            "half_life_seconds": self.half_life_seconds is None or self.half_life_seconds > 0,
+            "prior_quality": 0.0 <= self.prior_quality <= 1.0,
+            "prior_strength": self.prior_strength > 0,
+            "feature_precision": self.feature_precision > 0,
+            "explore": self.explore >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"bandit.{name}: {getattr(self, name)!r} is out of range")
+
+
+@dataclass(slots=True)
+class Decision:
+    """Everything learning needs later, so feedback never recomputes features."""
+
+    category: str
+    model: str
+    arm: int
+    x: np.ndarray
+    prompt_tokens: int
+    expected_cost: float
+    cost_weight: float
+    scores: np.ndarray
+    costs: np.ndarray
+    event_id: str | None = None
+    timestamp: float | None = None
+
+
+class _Category:
+    __slots__ = ("name", "arms", "out", "serves", "last_t")
+
+    def __init__(self, name: str, dim: int) -> None:
+        self.name = name
+        self.arms = ArmPosteriors(dim)
+        self.out = OutputTokens()
+        self.serves = np.zeros(0, dtype=bool)
+        self.last_t = np.zeros(0)
+
+
+class Router:
+    """Per-category contextual Thompson sampling over models, with known costs."""
+
+    def __init__(self, models: Sequence[ModelSpec], settings: BanditSettings | None = None, *,
+                 categories: Iterable[str] = DEFAULT_CATEGORIES,
+                 classifier: CategoryClassifier | None = None, dim: int = DIM,
+                 max_categories: int = 64) -> None:
+        self.settings = settings or BanditSettings()
+        self.dim = dim
+        self.classifier = classifier or CategoryClassifier()
+        self.max_categories = max_categories
+        self.prices = PriceTable()
+        self.specs: list[ModelSpec] = []
+        self.index: dict[str, int] = {}
+        self.enabled = np.zeros(0, dtype=bool)
+        self._cats: dict[str, _Category] = {}
+        self._rng = np.random.default_rng(self.settings.seed)
+        self._z = np.zeros((0, 0))
+        self._zi = 0
+        h = self.settings.half_life_events
+        self._event_decay = 1.0 if h is None else 0.5 ** (1.0 / h)
+        for name in categories:
+            self._category(name)
+        for spec in models:
+            self.add_model(spec)
+
+    # -- models ------------------------------------------------------------------------------
+    @property
+    def models(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self._cats)
+
+    def add_model(self, spec: ModelSpec) -> None:
+        """Add a model; it starts from its prior in every category and gets explored."""
+        if spec.name in self.index:
+            raise ValueError(f"models.{spec.name}: already known")
+        self.index[spec.name] = len(self.specs)
+        self.specs.append(spec)
+        self.prices.set(spec.name, spec.price)
+        self.enabled = np.append(self.enabled, spec.enabled)
+        for cat in self._cats.values():
+            self._add_arm(cat, spec)
+        self._z = np.zeros((0, len(self.specs)))
+
+    def _add_arm(self, cat: _Category, spec: ModelSpec) -> None:
+        s = self.settings
+        q, strength = spec.priors.get(cat.name, (s.prior_quality, s.prior_strength))
+        if not (0.0 <= q <= 1.0 and strength > 0):
+            raise ValueError(f"models.{spec.name}.priors.{cat.name}: quality must be in [0,1] and strength > 0")
+        m0 = np.zeros(self.dim)
+        m0[0] = q
+        a0 = np.full(self.dim, s.feature_precision)
+        a0[0] = strength
+        cat.arms.add_arm(m0, a0)
+        cat.out.add_model(spec.output_tokens)
+        cat.serves = np.append(cat.serves, spec.categories is None or cat.name in spec.categories)
+        cat.last_t = np.append(cat.last_t, 0.0)
+
+    def _category(self, name: str) -> _Category:
+        cat = self._cats.get(name)
+        if cat is None:
+            if len(self._cats) >= self.max_categories:
+                raise ValueError(f"category: {name!r} would exceed max_categories={self.max_categories}")
+            cat = self._cats[name] = _Category(name, self.dim)
+            for spec in self.specs:
+                self._add_arm(cat, spec)
+        return cat
+
+    def set_enabled(self, model: str, enabled: bool) -> None:
+        """Disable (deprecate) or re-enable a model; a disabled model is never chosen."""
+        self.enabled[self._model_index(model)] = enabled
+
+    def set_price(self, model: str, price: Price) -> None:
+        self._model_index(model)
+        self.prices.set(model, price)
+
+    def _model_index(self, model: str) -> int:
+        try:
+            return self.index[model]
+        except KeyError:
+            raise KeyError(f"model: {model!r} is not configured (known: {', '.join(self.index)})") from None
+
+    # -- deciding ----------------------------------------------------------------------------
+    def _normals(self) -> np.ndarray:
+        if self._zi >= len(self._z):
+            self._z = self._rng.standard_normal((1024, len(self.specs)))
+            self._zi = 0
+        z = self._z[self._zi]
+        self._zi += 1
+        return z
+
+    def infer_category(self, messages: Sequence[Message]) -> str:
+        return self.classifier.classify(messages)
+
+    def decide(self, messages: Sequence[Message], *, category: str | None = None,
+               cost_weight: float | None = None, exclude: Iterable[str] = (),
+               max_cost_usd: float | None = None, event_id: str | None = None,
+               timestamp: float | None = None) -> Decision:
+        """Choose a model for a chat request (``category`` inferred when not given)."""
+        x = featurize(messages)
+        cat = category or self.infer_category(messages)
+        eligible = None
+        excluded = list(exclude)
+        if excluded:
+            eligible = np.ones(len(self.specs), dtype=bool)
+            for m in excluded:
+                eligible[self._model_index(m)] = False
+        return self.decide_features(x, cat, estimate_tokens(messages), cost_weight=cost_weight,
+                                    eligible=eligible, max_cost_usd=max_cost_usd,
+                                    event_id=event_id, timestamp=timestamp)
+
+    def decide_features(self, x: np.ndarray, category: str, prompt_tokens: float, *,
+                        cost_weight: float | None = None, eligible: np.ndarray | None = None,
+                        max_cost_usd: float | None = None, event_id: str | None = None,
+                        timestamp: float | None = None) -> Decision:
+        """The hot path: one Thompson draw per arm, minus the cost penalty, best eligible arm."""
+        cat = self._cats.get(category) or self._category(category)
+        q = cat.arms.sample(x, self._normals(), self.settings.explore)
+        costs = prompt_tokens * self.prices.input_per_token + cat.out.mean * self.prices.output_per_token
+        mask = self.enabled & cat.serves
+        if eligible is not None:
+            mask &= eligible
+        if max_cost_usd is not None:
+            mask &= costs <= max_cost_usd
+        w = self.settings.cost_weight if cost_weight is None else cost_weight
+        k, scores = choose(q, costs, w, mask)
+        return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), float(costs[k]), w,
+                        scores, costs, event_id, timestamp)
+
+    # -- learning ----------------------------------------------------------------------------
+    def _decay_factor(self, cat: _Category, k: int, now: float | None) -> float:
+        g = self._event_decay
+        hs = self.settings.half_life_seconds
+        if hs is not None and now is not None:
+            if cat.last_t[k] > 0:
+                g *= 0.5 ** (max(now - cat.last_t[k], 0.0) / hs)
+            cat.last_t[k] = now
+        return g
+
+    def learn(self, decision: Decision, quality: float, *, now: float | None = None) -> None:
+        """Fold a quality in [0,1] for this decision into its (category, model) posterior."""
+        if not (0.0 <= quality <= 1.0) or math.isnan(quality):
+            raise ValueError(f"quality: {quality!r} must be in [0, 1]")
+        self.observe(decision.category, decision.arm, decision.x, quality, now=now)
+
+    def observe(self, category: str, arm: int, x: np.ndarray, quality: float, *,
+                now: float | None = None) -> None:
+        cat = self._category(category)
+        cat.arms.update(arm, x, quality, self._decay_factor(cat, arm, now))
+
+    def observe_output(self, decision: Decision, completion_tokens: float) -> None:
+        """Fold the completion tokens of an answer into the output-length estimate."""
+        self._cats[decision.category].out.observe(decision.arm, completion_tokens)
+
+    def forget(self, now: float) -> None:
+        """Time-based forgetting of every arm up to ``now`` (run on a schedule by the service)."""
+        hs = self.settings.half_life_seconds
+        if hs is None:
+            return
+        for cat in self._cats.values():
+            if cat.arms.k:
+                f = np.where(cat.last_t > 0, 0.5 ** (np.maximum(now - cat.last_t, 0.0) / hs), 1.0)
+                cat.arms.decay(f)
+                cat.last_t[:] = now
+
+    def warm_start(self, records: Iterable[tuple[str, np.ndarray, Mapping[str, float],
+                                                 Mapping[str, float]]]) -> int:
+        """Pre-train with full information: (category, x, {model: quality}, {model: output tokens}).
+
+        Returns the number of observations folded in. Unknown models are ignored.
+        """
+        n = 0
+        for category, x, qualities, out_tokens in records:
+            cat = self._category(category)
+            for model, q in qualities.items():
+                k = self.index.get(model)
+                if k is None:
+                    continue
+                cat.arms.update(k, x, float(q), self._event_decay)
+                if model in out_tokens:
+                    cat.out.observe(k, out_tokens[model])
+                n += 1
+        return n
+
+    # -- state -------------------------------------------------------------------------------
+    def posterior(self, category: str, model: str) -> Posterior:
+        return self._category(category).arms.get(self._model_index(model))
+
+    def load_posterior(self, category: str, model: str, post: Posterior) -> None:
+        self._category(category).arms.set(self._model_index(model), post)
+
+    def expected_output_tokens(self, category: str, model: str) -> float:
+        return float(self._category(category).out.mean[self._model_index(model)])
+
+    def arm_stats(self) -> dict[str, dict[str, dict[str, float | int | bool]]]:
+        """Per category, per model: observations, posterior mean/sd of quality, output tokens."""
+        out: dict[str, dict[str, dict[str, float | int | bool]]] = {}
+        for name, cat in self._cats.items():
+            rows = {}
+            for k, spec in enumerate(self.specs):
+                post = cat.arms.get(k)
+                mean, sd = cat.arms.mean_quality(k)
+                rows[spec.name] = {
+                    "observations": int(cat.arms.count[k]),
+                    "effective_observations": post.n,
+                    "quality_mean": mean,
+                    "quality_sd": sd,
+                    "prior_quality": float(cat.arms.m0[k, 0]),
+                    "prior_strength": float(cat.arms.a0[k, 0]),
+                    "output_tokens": float(cat.out.mean[k]),
+                    "enabled": bool(self.enabled[k]),
+                    "serves": bool(cat.serves[k]),
+                }
+            out[name] = rows
+        return out
