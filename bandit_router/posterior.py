@@ -12,20 +12,36 @@ pseudo-observations). The posterior is ridge regression with that prior::
     σ² = (β0 + ½(RR + m0ᵀ diag(a0) m0 − θ̂ᵀ b)) / (α0 + n/2)      (noise, plug-in NIG)
     θ·x | data ~ Normal(θ̂·x, σ² xᵀA⁻¹x)
 
-**Forgetting.** Before each new observation an arm's data sums are multiplied by
-``g = 2^(-1/half_life_events)`` (and/or ``2^(-Δt/half_life_seconds)``), so after
-one half-life an old observation weighs half. Only the data decays: the prior
-never does, so precision never falls below ``diag(a0)``.
+**Forgetting.** With every feedback event in a category, the data sums of *all*
+its arms are multiplied by ``g = 2^(-1/half_life_events)`` (and/or by
+``2^(-Δt/half_life_seconds)`` as time passes), so after one half-life an old
+observation weighs half. Arms that stop being chosen drift back towards their
+prior and get explored again, which is how a model that improves is noticed.
+Only the data decays: the prior never does, so precision never falls below
+``diag(a0)``. Decay is one scalar per category: the sums are stored multiplied
+by a scale ``s`` (true sums = stored / s), so decaying costs a division.
 
 **The decision cache.** Deciding must not invert anything, so each arm keeps
 ``P = A⁻¹`` and ``θ̂`` in one stacked matrix ``W = [θ̂₁…θ̂_K; P₁…P_K]``: one
 mat-vec gives every arm's mean and ``P x``. New observations update ``P`` by a
 Sherman-Morrison rank-one step. Decay is not rank-one (the prior does not
 decay), so the cache defers it: the cache is the exact posterior under *block*
-forgetting, and is rebuilt from the sums (one inversion) once the decay
-pending since the last rebuild falls below ``refresh_below`` (default 0.98, so the
-cache is never more than 2% behind the true forgetting) or after ``refresh_every``
-updates. The sums stay exact at every step; persistence and statistics use them.
+forgetting, and all arms of the category are rebuilt from the sums (one batched
+inversion) once the decay pending since the last rebuild falls below
+``refresh_below`` (default 0.98: the cache is never more than 2% behind the true
+forgetting); an arm is also rebuilt after ``refresh_every`` rank-one steps, for
+numerical hygiene. The sums stay exact at every step; persistence and statistics
+use them.
+
+**Abrupt changes.** Slow forgetting follows gradual drift cheaply but reacts to a
+sudden regression only after a good part of a half-life. Each arm therefore also
+runs a two-sided Page-Hinkley (CUSUM) test on its standardised residuals
+``(r − θ̂·x)/σ``, clipped at ``CHANGE_CLIP`` sds (a [0,1] quality is far from
+Gaussian: one wrong answer from a 90% model is a 3-sd residual), ignoring shifts
+under ``CHANGE_DRIFT`` sds. When the sum crosses ``change_threshold`` (default 15;
+the false-alarm rate and the detection delay measured on RouterBench are in the
+README), the arm keeps only ``CHANGE_KEEP`` of its old data and is re-learned
+from fresh feedback.
 """
 
 from __future__ import annotations
@@ -38,6 +54,10 @@ from scipy.linalg.blas import dger as _ger
 
 NOISE_A0 = 1.0  # α0: the noise prior counts as one pseudo-observation pair
 NOISE_VAR0 = 0.25  # prior noise variance: a fair coin, the widest a [0,1] quality can be
+CHANGE_DRIFT = 0.5  # the change detector ignores shifts smaller than half a noise sd
+CHANGE_CLIP = 2.0  # residuals are clipped at 2 sds: one wrong answer from a 90% model is not a change
+CHANGE_MIN_N = 30.0  # ... and watches an arm only once it has this many (decayed) observations
+CHANGE_KEEP = 0.05  # on a detected change, an arm keeps this share of its old data
 
 
 @dataclass
@@ -108,12 +128,15 @@ class Posterior:
 class ArmPosteriors:
     """The K arms (models) of one category, stacked for vectorised Thompson sampling."""
 
-    def __init__(self, dim: int, *, refresh_below: float = 0.98, refresh_every: int = 256) -> None:
-        self.d = dim
+    def __init__(self, dim: int, *, refresh_below: float = 0.98, refresh_every: int = 256,
+                 change_threshold: float | None = 15.0) -> None:
+        d = self.d = dim
+        self.change_threshold = change_threshold
         self.k = 0
         self.refresh_below = refresh_below
         self.refresh_every = refresh_every
-        d = dim
+        self.s = 1.0  # the stored sums are the true sums times s
+        self.pending = 1.0  # decay not yet applied to the cache
         self.a0 = np.zeros((0, d))
         self.m0 = np.zeros((0, d))
         self.xx = np.zeros((0, d, d))
@@ -121,16 +144,17 @@ class ArmPosteriors:
         self.rr = np.zeros(0)
         self.n = np.zeros(0)
         self.count = np.zeros(0, dtype=np.int64)
-        # cache
+        # the decision cache: W = [θ̂ rows; P rows], and per-arm noise
         self.W = np.zeros((0, d))
         self.theta = self.W[:0]
         self.P = self.W[0:].reshape(0, d, d)
-        self.s: list[float] = []  # per-arm scale of the stored sums
-        self.sse: list[float] = []  # cache: residual sum of squares, prior included
-        self.nc: list[float] = []  # cache: count
-        self.sigma = np.zeros(0)  # cache: noise sd, used by every decision
-        self.pending: list[float] = []  # decay not yet applied to the cache
-        self.since: list[int] = []  # updates since the last rebuild
+        self.sse: list[float] = []  # residual sum of squares, prior included
+        self.nc: list[float] = []  # count
+        self.sigma = np.zeros(0)  # noise sd, used by every decision
+        self.since: list[int] = []  # rank-one steps since the arm's last rebuild
+        self.cusum_up: list[float] = []  # change detector (Page-Hinkley on standardised residuals)
+        self.cusum_down: list[float] = []
+        self.changes = np.zeros(0, dtype=np.int64)  # changes detected per arm
 
     # -- lifecycle ---------------------------------------------------------------------------
     def add_arm(self, prior_mean: np.ndarray, prior_precision: np.ndarray) -> int:
@@ -150,33 +174,34 @@ class ArmPosteriors:
         self.P = self.W[k + 1 :].reshape(k + 1, d, d)
         self.theta[:k] = old_theta
         self.P[:k] = old_p
-        self.s.append(1.0)
         self.sse.append(0.0)
         self.nc.append(0.0)
         self.sigma = np.append(self.sigma, 0.0)
-        self.pending.append(1.0)
         self.since.append(0)
+        self.cusum_up.append(0.0)
+        self.cusum_down.append(0.0)
+        self.changes = np.append(self.changes, 0)
         self.k = k + 1
         self.refresh(k)
         return k
 
     def get(self, i: int) -> Posterior:
         """Arm i's prior and true (decayed) sums."""
-        inv_s = 1.0 / self.s[i]
+        inv_s = 1.0 / self.s
         return Posterior(self.m0[i].copy(), self.a0[i].copy(), self.xx[i] * inv_s, self.xr[i] * inv_s,
                          float(self.rr[i] * inv_s), float(self.n[i] * inv_s), int(self.count[i]))
 
     def set(self, i: int, post: Posterior) -> None:
         self.m0[i], self.a0[i] = post.prior_mean, post.prior_precision
-        self.xx[i], self.xr[i] = post.xx, post.xr
-        self.rr[i], self.n[i], self.count[i] = post.rr, post.n, post.count
-        self.s[i] = 1.0
+        s = self.s
+        self.xx[i], self.xr[i] = post.xx * s, post.xr * s
+        self.rr[i], self.n[i], self.count[i] = post.rr * s, post.n * s, post.count
         self.refresh(i)
 
     # -- learning ----------------------------------------------------------------------------
     def refresh(self, i: int) -> None:
         """Rebuild arm i's cache exactly from its sums (one d×d inversion)."""
-        inv_s = 1.0 / self.s[i]
+        inv_s = 1.0 / self.s
         a = self.xx[i] * inv_s
         a[np.diag_indices(self.d)] += self.a0[i]
         self.P[i] = np.linalg.inv(a)
@@ -184,48 +209,64 @@ class ArmPosteriors:
         self.theta[i] = self.P[i] @ b
         rr = self.rr[i] * inv_s + self.a0[i] @ (self.m0[i] ** 2)
         self.sse[i] = max(float(rr - self.theta[i] @ b), 0.0)
-        self.nc[i] = self.n[i] * inv_s
-        self.sigma[i] = self._sigma(self.sse[i], self.nc[i])
-        self.pending[i] = 1.0
+        self.nc[i] = float(self.n[i] * inv_s)
+        self.sigma[i] = _sigma(self.sse[i], self.nc[i])
         self.since[i] = 0
 
-    def _renormalise(self, i: int) -> None:
-        inv_s = 1.0 / self.s[i]
-        self.xx[i] *= inv_s
-        self.xr[i] *= inv_s
-        self.rr[i] *= inv_s
-        self.n[i] *= inv_s
-        self.s[i] = 1.0
-
     def refresh_all(self) -> None:
-        for i in range(self.k):
-            self.refresh(i)
+        """Rebuild every arm's cache from the sums (one batched inversion); clears pending decay."""
+        if self.s > 1e100:
+            self._renormalise()
+        k, d = self.k, self.d
+        if k:
+            inv_s = 1.0 / self.s
+            a = self.xx * inv_s
+            a[:, np.arange(d), np.arange(d)] += self.a0
+            self.P[:] = np.linalg.inv(a)
+            b = self.a0 * self.m0 + self.xr * inv_s
+            self.theta[:] = np.einsum("kij,kj->ki", self.P, b)
+            rr = self.rr * inv_s + np.einsum("kd,kd->k", self.a0, self.m0**2)
+            sse = np.maximum(rr - np.einsum("kd,kd->k", self.theta, b), 0.0)
+            self.sse = sse.tolist()
+            self.nc = (self.n * inv_s).tolist()
+            self.sigma[:] = [_sigma(e, n) for e, n in zip(self.sse, self.nc, strict=True)]
+            self.since = [0] * k
+        self.pending = 1.0
 
-    @staticmethod
-    def _sigma(sse: float, n: float) -> float:
-        return math.sqrt(max((NOISE_A0 * NOISE_VAR0 + 0.5 * sse) / (NOISE_A0 + 0.5 * n), 1e-6))
+    def _renormalise(self) -> None:
+        inv_s = 1.0 / self.s
+        self.xx *= inv_s
+        self.xr *= inv_s
+        self.rr *= inv_s
+        self.n *= inv_s
+        self.s = 1.0
 
-    def update(self, i: int, x: np.ndarray, r: float, decay: float = 1.0) -> None:
-        """Observe quality ``r`` for features ``x`` on arm ``i``, after decaying its data by ``decay``.
+    def decay(self, factor: float) -> None:
+        """Multiply every arm's data sums by ``factor`` (forgetting); the prior is untouched."""
+        if factor != 1.0:
+            self.s /= factor
+            self.pending *= factor
+            if self.pending < self.refresh_below:
+                self.refresh_all()
 
-        The sums are stored multiplied by a per-arm scale ``s`` (true sums = stored / s), so
-        decaying is one scalar division instead of rescaling a d×d matrix.
-        """
-        if decay != 1.0:
-            s = self.s[i] = self.s[i] / decay
-            self.pending[i] *= decay
-            if s > 1e100:
-                self._renormalise(i)
-                s = 1.0
-        else:
-            s = self.s[i]
+    def update(self, i: int, x: np.ndarray, r: float) -> None:
+        """Observe quality ``r`` for features ``x`` on arm ``i``."""
+        e = r - float(self.theta[i] @ x)
+        if self.change_threshold is not None and self.nc[i] >= CHANGE_MIN_N:
+            zs = min(max(e / self.sigma[i], -CHANGE_CLIP), CHANGE_CLIP)
+            up = self.cusum_up[i] = max(0.0, self.cusum_up[i] + zs - CHANGE_DRIFT)
+            down = self.cusum_down[i] = max(0.0, self.cusum_down[i] - zs - CHANGE_DRIFT)
+            if up > self.change_threshold or down > self.change_threshold:
+                self._changed(i)
+                e = r - float(self.theta[i] @ x)
+        s = self.s
         _ger(s, x, x, a=self.xx[i].T, overwrite_a=True)  # in place: xx += s x xᵀ (BLAS)
         self.xr[i] += (r * s) * x
         self.rr[i] += s * r * r
         self.n[i] += s
         self.count[i] += 1
         self.since[i] += 1
-        if self.pending[i] < self.refresh_below or self.since[i] >= self.refresh_every:
+        if self.since[i] >= self.refresh_every:
             self.refresh(i)
             return
         # recursive least squares on the cache: Sherman-Morrison for P, the innovation for θ̂,
@@ -233,20 +274,21 @@ class ArmPosteriors:
         p = self.P[i]
         px = p @ x
         denom = 1.0 + float(x @ px)
-        e = r - float(self.theta[i] @ x)
         _ger(-1.0 / denom, px, px, a=p.T, overwrite_a=True)  # in place: P -= P x xᵀ P / denom
         self.theta[i] += px * (e / denom)
         self.sse[i] += e * e / denom
         self.nc[i] += 1.0
-        self.sigma[i] = self._sigma(self.sse[i], self.nc[i])
+        self.sigma[i] = _sigma(self.sse[i], self.nc[i])
 
-    def decay(self, factors: np.ndarray) -> None:
-        """Decay every arm's data sums by its factor (time-based forgetting) and rebuild the caches."""
-        for i, f in enumerate(np.asarray(factors, float)):
-            self.s[i] /= f
-            if self.s[i] > 1e100:
-                self._renormalise(i)
-        self.refresh_all()
+    def _changed(self, i: int) -> None:
+        """A change was detected on arm i: keep only ``CHANGE_KEEP`` of its old data, so it is re-learned."""
+        self.xx[i] *= CHANGE_KEEP
+        self.xr[i] *= CHANGE_KEEP
+        self.rr[i] *= CHANGE_KEEP
+        self.n[i] *= CHANGE_KEEP
+        self.cusum_up[i] = self.cusum_down[i] = 0.0
+        self.changes[i] += 1
+        self.refresh(i)
 
     # -- deciding ----------------------------------------------------------------------------
     def sample(self, x: np.ndarray, z: np.ndarray, explore: float = 1.0) -> np.ndarray:
@@ -269,6 +311,10 @@ class ArmPosteriors:
         if x is None:
             x = post.xx[0] / post.xx[0, 0] if post.xx[0, 0] > 1e-9 else _unit(self.d)
         return post.predict(x)
+
+
+def _sigma(sse: float, n: float) -> float:
+    return math.sqrt(max((NOISE_A0 * NOISE_VAR0 + 0.5 * sse) / (NOISE_A0 + 0.5 * n), 1e-6))
 
 
 def _unit(d: int) -> np.ndarray:

@@ -46,12 +46,12 @@ class BanditSettings:
     """Learning settings. ``cost_weight`` is in quality points per dollar."""
 
     cost_weight: float = 10.0
-    half_life_events: float | None = 1000.0
+    half_life_events: float | None = 10_000.0
     half_life_seconds: float | None = None
     prior_quality: float = 0.5
     prior_strength: float = 1.0
     feature_precision: float = 10.0
-    explore: float = 1.0
+    explore: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,7 +94,7 @@ class _Category:
         self.arms = ArmPosteriors(dim)
         self.out = OutputTokens()
         self.serves = np.zeros(0, dtype=bool)
-        self.last_t = np.zeros(0)
+        self.last_t: float | None = None  # time the category's sums were last decayed to
 
 
 class Router:
@@ -156,7 +156,6 @@ class Router:
         cat.arms.add_arm(m0, a0)
         cat.out.add_model(spec.output_tokens)
         cat.serves = np.append(cat.serves, spec.categories is None or cat.name in spec.categories)
-        cat.last_t = np.append(cat.last_t, 0.0)
 
     def _category(self, name: str) -> _Category:
         cat = self._cats.get(name)
@@ -230,14 +229,15 @@ class Router:
                         scores, costs, event_id, timestamp)
 
     # -- learning ----------------------------------------------------------------------------
-    def _decay_factor(self, cat: _Category, k: int, now: float | None) -> float:
-        g = self._event_decay
+    def _forget(self, cat: _Category, now: float | None, events: int = 1) -> None:
+        """Decay a category's sums for ``events`` feedback events and the time since its last decay."""
+        g = self._event_decay**events
         hs = self.settings.half_life_seconds
         if hs is not None and now is not None:
-            if cat.last_t[k] > 0:
-                g *= 0.5 ** (max(now - cat.last_t[k], 0.0) / hs)
-            cat.last_t[k] = now
-        return g
+            if cat.last_t is not None:
+                g *= 0.5 ** (max(now - cat.last_t, 0.0) / hs)
+            cat.last_t = now if cat.last_t is None else max(now, cat.last_t)
+        cat.arms.decay(g)
 
     def learn(self, decision: Decision, quality: float, *, now: float | None = None) -> None:
         """Fold a quality in [0,1] for this decision into its (category, model) posterior."""
@@ -248,22 +248,19 @@ class Router:
     def observe(self, category: str, arm: int, x: np.ndarray, quality: float, *,
                 now: float | None = None) -> None:
         cat = self._category(category)
-        cat.arms.update(arm, x, quality, self._decay_factor(cat, arm, now))
+        self._forget(cat, now)
+        cat.arms.update(arm, x, quality)
 
     def observe_output(self, decision: Decision, completion_tokens: float) -> None:
         """Fold the completion tokens of an answer into the output-length estimate."""
         self._cats[decision.category].out.observe(decision.arm, completion_tokens)
 
     def forget(self, now: float) -> None:
-        """Time-based forgetting of every arm up to ``now`` (run on a schedule by the service)."""
-        hs = self.settings.half_life_seconds
-        if hs is None:
+        """Time-based forgetting of every category up to ``now`` (run on a schedule by the service)."""
+        if self.settings.half_life_seconds is None:
             return
         for cat in self._cats.values():
-            if cat.arms.k:
-                f = np.where(cat.last_t > 0, 0.5 ** (np.maximum(now - cat.last_t, 0.0) / hs), 1.0)
-                cat.arms.decay(f)
-                cat.last_t[:] = now
+            self._forget(cat, now, events=0)
 
     def warm_start(self, records: Iterable[tuple[str, np.ndarray, Mapping[str, float],
                                                  Mapping[str, float]]]) -> int:
@@ -274,11 +271,12 @@ class Router:
         n = 0
         for category, x, qualities, out_tokens in records:
             cat = self._category(category)
+            self._forget(cat, None)
             for model, q in qualities.items():
                 k = self.index.get(model)
                 if k is None:
                     continue
-                cat.arms.update(k, x, float(q), self._event_decay)
+                cat.arms.update(k, x, float(q))
                 if model in out_tokens:
                     cat.out.observe(k, out_tokens[model])
                 n += 1

@@ -1,0 +1,105 @@
+"""``bandit-router`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _progress_bar(total: int, label: str):
+    """A rich progress bar on a terminal; nothing when stderr is not one."""
+    if not sys.stderr.isatty():
+        return None, (lambda done, total: None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), transient=True)
+    task = bar.add_task(label, total=total)
+    return bar, (lambda done, total: bar.update(task, completed=done))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import data, report
+    from .replay.run import Drift, ReplayOptions, run
+    from .router import BanditSettings
+
+    table = data.load(args.files)
+    warm = data.load(args.warm_start) if args.warm_start else None
+    if args.warm_split:
+        if not 0.0 < args.warm_split < 1.0:
+            raise SystemExit("replay: --warm-split must be in (0, 1)")
+        perm = np.random.default_rng([args.seed, 2]).permutation(table.n)
+        cut = int(round(args.warm_split * table.n))
+        warm, table = table.subset(np.sort(perm[:cut])), table.subset(np.sort(perm[cut:]))
+    drift = [Drift.parse(s, table.models) for s in args.drift]
+    settings = BanditSettings(cost_weight=args.cost_weight, seed=args.seed,
+                              half_life_events=None if args.half_life <= 0 else args.half_life,
+                              explore=args.explore, feature_precision=args.feature_precision,
+                              prior_strength=args.prior_strength)
+    opts = ReplayOptions(cost_weight=args.cost_weight, steps=args.steps, seed=args.seed, once=args.once,
+                         hide_category=args.hide_category, drift=drift, settings=settings,
+                         peers=tuple(p for p in args.peers.split(",") if p), features=args.features)
+    total = table.n if args.once else args.steps
+    bar, progress = _progress_bar(total, "replay")
+    if bar is not None:
+        bar.start()
+    try:
+        result = run(table, opts, warm=warm, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if args.plot:
+        report.plot(table, opts, result, args.plot, warm=warm)
+    if args.json:
+        print(json.dumps(report.jsonable(result), indent=2))
+    else:
+        report.print_table(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bandit-router", description="An adaptive LLM router.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("replay", help="replay RouterBench CSV files through the router and its peers")
+    r.add_argument("files", nargs="+", help="RouterBench-format CSV files")
+    r.add_argument("--cost-weight", type=float, default=20.0, help="quality points per dollar (default 20)")
+    r.add_argument("--steps", type=int, default=20_000, help="requests to replay (default 20000)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--once", action="store_true", help="every row exactly once, in a seeded order")
+    r.add_argument("--warm-start", nargs="+", default=[], metavar="FILE.csv",
+                   help="pre-train with full information on these files first")
+    r.add_argument("--warm-split", type=float, default=0.0, metavar="FRACTION",
+                   help="warm-start on a seeded FRACTION of the rows and replay the rest")
+    r.add_argument("--hide-category", action="store_true", help="infer categories from the prompt")
+    r.add_argument("--drift", action="append", default=[], metavar="SPEC",
+                   help="degrade:MODEL:FRACTION@STEP, price:MODEL:FACTOR@STEP or add:MODEL@STEP (repeatable)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--plot", metavar="OUT.png", help="traffic share over time and the cost/quality frontier")
+    r.add_argument("--peers", default="vw,mabwiser_lints", help="comma-separated peers ('' for none)")
+    r.add_argument("--features", default="full", choices=["full", "dense", "intercept"],
+                   help="full (32 incl. hashed words), dense (20) or intercept (a per-category MAB)")
+    r.add_argument("--half-life", type=float, default=10_000.0,
+                   help="forgetting half-life in feedback events of a category (0: none; default 10000)")
+    r.add_argument("--explore", type=float, default=0.5, help="scale of the Thompson draws' sd (default 0.5)")
+    r.add_argument("--feature-precision", type=float, default=10.0, help="prior precision of feature weights")
+    r.add_argument("--prior-strength", type=float, default=1.0, help="prior pseudo-observations")
+    r.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"bandit-router: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
