@@ -13,14 +13,16 @@ class NoEligibleModel(LookupError):
 
 
 def choose(sampled_quality: np.ndarray, expected_cost: np.ndarray, cost_weight: float,
-           eligible: np.ndarray) -> tuple[int, np.ndarray]:
-    """Index of the best eligible arm, and every arm's score (−inf where not eligible).
+           penalty: np.ndarray) -> tuple[int, np.ndarray]:
+    """Index of the best eligible arm, and every arm's score.
 
-    ``score_k = sampled_quality_k − cost_weight × expected_cost_k``; ties go to the lower index.
+    ``score_k = sampled_quality_k − cost_weight × expected_cost_k + penalty_k``, where the penalty
+    is 0 for an eligible arm and −inf for one that may not serve; ties go to the lower index.
     """
-    score = sampled_quality - cost_weight * expected_cost
-    score[~eligible] = -np.inf
+    score = expected_cost * -cost_weight
+    score += sampled_quality
+    score += penalty
     k = int(score.argmax())
-    if not eligible[k]:
+    if score[k] == -np.inf or score[k] != score[k]:
         raise NoEligibleModel("no eligible model: every model is disabled, excluded or over a limit")
     return k, score

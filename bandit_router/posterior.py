@@ -50,6 +50,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.blas import daxpy as _axpy
 from scipy.linalg.blas import dger as _ger
 
 NOISE_A0 = 1.0  # α0: the noise prior counts as one pseudo-observation pair
@@ -136,6 +137,7 @@ class ArmPosteriors:
         self.refresh_below = refresh_below
         self.refresh_every = refresh_every
         self.s = 1.0  # the stored sums are the true sums times s
+        self.log_decay = 0.0  # Σ log(decay factors) so far: dates observations for later revision
         self.pending = 1.0  # decay not yet applied to the cache
         self.a0 = np.zeros((0, d))
         self.m0 = np.zeros((0, d))
@@ -155,6 +157,7 @@ class ArmPosteriors:
         self.cusum_up: list[float] = []  # change detector (Page-Hinkley on standardised residuals)
         self.cusum_down: list[float] = []
         self.changes = np.zeros(0, dtype=np.int64)  # changes detected per arm
+        self.log_keep: list[float] = []  # Σ log(CHANGE_KEEP) over the arm's detected changes
 
     # -- lifecycle ---------------------------------------------------------------------------
     def add_arm(self, prior_mean: np.ndarray, prior_precision: np.ndarray) -> int:
@@ -181,6 +184,7 @@ class ArmPosteriors:
         self.cusum_up.append(0.0)
         self.cusum_down.append(0.0)
         self.changes = np.append(self.changes, 0)
+        self.log_keep.append(0.0)
         self.k = k + 1
         self.refresh(k)
         return k
@@ -241,10 +245,11 @@ class ArmPosteriors:
         self.n *= inv_s
         self.s = 1.0
 
-    def decay(self, factor: float) -> None:
+    def decay(self, factor: float, log_factor: float | None = None) -> None:
         """Multiply every arm's data sums by ``factor`` (forgetting); the prior is untouched."""
         if factor != 1.0:
             self.s /= factor
+            self.log_decay += math.log(factor) if log_factor is None else log_factor
             self.pending *= factor
             if self.pending < self.refresh_below:
                 self.refresh_all()
@@ -261,7 +266,7 @@ class ArmPosteriors:
                 e = r - float(self.theta[i] @ x)
         s = self.s
         _ger(s, x, x, a=self.xx[i].T, overwrite_a=True)  # in place: xx += s x xᵀ (BLAS)
-        self.xr[i] += (r * s) * x
+        _axpy(x, self.xr[i], a=r * s)  # in place: xr += r s x
         self.rr[i] += s * r * r
         self.n[i] += s
         self.count[i] += 1
@@ -275,10 +280,10 @@ class ArmPosteriors:
         px = p @ x
         denom = 1.0 + float(x @ px)
         _ger(-1.0 / denom, px, px, a=p.T, overwrite_a=True)  # in place: P -= P x xᵀ P / denom
-        self.theta[i] += px * (e / denom)
-        self.sse[i] += e * e / denom
-        self.nc[i] += 1.0
-        self.sigma[i] = _sigma(self.sse[i], self.nc[i])
+        _axpy(px, self.theta[i], a=e / denom)  # in place: θ̂ += P x e / denom
+        sse = self.sse[i] = self.sse[i] + e * e / denom
+        n = self.nc[i] = self.nc[i] + 1.0
+        self.sigma[i] = math.sqrt(max((NOISE_A0 * NOISE_VAR0 + 0.5 * sse) / (NOISE_A0 + 0.5 * n), 1e-6))
 
     def _changed(self, i: int) -> None:
         """A change was detected on arm i: keep only ``CHANGE_KEEP`` of its old data, so it is re-learned."""
@@ -288,6 +293,25 @@ class ArmPosteriors:
         self.n[i] *= CHANGE_KEEP
         self.cusum_up[i] = self.cusum_down[i] = 0.0
         self.changes[i] += 1
+        self.log_keep[i] += math.log(CHANGE_KEEP)
+        self.refresh(i)
+
+    def stamp(self, i: int) -> float:
+        """The date of an observation made now on arm i, in log-weight units (see :meth:`revise`)."""
+        return self.log_decay + self.log_keep[i]
+
+    def revise(self, i: int, x: np.ndarray, stamp: float, old: float, new: float) -> None:
+        """Replace the quality of an earlier observation (same x, dated ``stamp``) by ``new``.
+
+        The observation keeps its weight, which forgetting has shrunk by exp(stamp_now − stamp),
+        so a decision never counts as more than one observation however often it is revised.
+        Only XR and RR change (XX does not depend on the quality)."""
+        w = math.exp(min(self.stamp(i) - stamp, 0.0))
+        if w < 1e-12:
+            return
+        sw = self.s * w
+        self.xr[i] += (sw * (new - old)) * x
+        self.rr[i] += sw * (new * new - old * old)
         self.refresh(i)
 
     # -- deciding ----------------------------------------------------------------------------

@@ -84,10 +84,12 @@ class Decision:
     costs: np.ndarray
     event_id: str | None = None
     timestamp: float | None = None
+    quality: float | None = None  # the quality learned so far (None: no feedback yet)
+    stamp: float | None = None  # when it was learned, in the posterior's log-weight units
 
 
 class _Category:
-    __slots__ = ("name", "arms", "out", "serves", "last_t")
+    __slots__ = ("name", "arms", "out", "serves", "last_t", "penalty", "out_cost")
 
     def __init__(self, name: str, dim: int) -> None:
         self.name = name
@@ -95,6 +97,8 @@ class _Category:
         self.out = OutputTokens()
         self.serves = np.zeros(0, dtype=bool)
         self.last_t: float | None = None  # time the category's sums were last decayed to
+        self.penalty = np.zeros(0)  # 0 where a model may serve, -inf where disabled or not serving
+        self.out_cost = np.zeros(0)  # expected $ of the output tokens, per model
 
 
 class Router:
@@ -118,6 +122,7 @@ class Router:
         self._zi = 0
         h = self.settings.half_life_events
         self._event_decay = 1.0 if h is None else 0.5 ** (1.0 / h)
+        self._log_event_decay = math.log(self._event_decay)
         for name in categories:
             self._category(name)
         for spec in models:
@@ -143,6 +148,16 @@ class Router:
         for cat in self._cats.values():
             self._add_arm(cat, spec)
         self._z = np.zeros((0, len(self.specs)))
+        self._refresh_costs()
+
+    def _refresh_costs(self, cat: _Category | None = None) -> None:
+        """Recompute the cached per-category eligibility penalty and output cost (after a model,
+        price or enablement change, or a new output-length estimate)."""
+        for c in [cat] if cat is not None else self._cats.values():
+            if len(c.serves) != len(self.specs):
+                continue  # mid-way through adding a model
+            c.penalty = np.where(self.enabled & c.serves, 0.0, -np.inf)
+            c.out_cost = c.out.mean * self.prices.output_per_token
 
     def _add_arm(self, cat: _Category, spec: ModelSpec) -> None:
         s = self.settings
@@ -156,6 +171,7 @@ class Router:
         cat.arms.add_arm(m0, a0)
         cat.out.add_model(spec.output_tokens)
         cat.serves = np.append(cat.serves, spec.categories is None or cat.name in spec.categories)
+        self._refresh_costs(cat)
 
     def _category(self, name: str) -> _Category:
         cat = self._cats.get(name)
@@ -170,10 +186,12 @@ class Router:
     def set_enabled(self, model: str, enabled: bool) -> None:
         """Disable (deprecate) or re-enable a model; a disabled model is never chosen."""
         self.enabled[self._model_index(model)] = enabled
+        self._refresh_costs()
 
     def set_price(self, model: str, price: Price) -> None:
         self._model_index(model)
         self.prices.set(model, price)
+        self._refresh_costs()
 
     def _model_index(self, model: str) -> int:
         try:
@@ -182,14 +200,6 @@ class Router:
             raise KeyError(f"model: {model!r} is not configured (known: {', '.join(self.index)})") from None
 
     # -- deciding ----------------------------------------------------------------------------
-    def _normals(self) -> np.ndarray:
-        if self._zi >= len(self._z):
-            self._z = self._rng.standard_normal((1024, len(self.specs)))
-            self._zi = 0
-        z = self._z[self._zi]
-        self._zi += 1
-        return z
-
     def infer_category(self, messages: Sequence[Message]) -> str:
         return self.classifier.classify(messages)
 
@@ -216,23 +226,32 @@ class Router:
                         timestamp: float | None = None) -> Decision:
         """The hot path: one Thompson draw per arm, minus the cost penalty, best eligible arm."""
         cat = self._cats.get(category) or self._category(category)
-        q = cat.arms.sample(x, self._normals(), self.settings.explore)
-        costs = prompt_tokens * self.prices.input_per_token + cat.out.mean * self.prices.output_per_token
-        mask = self.enabled & cat.serves
-        if eligible is not None:
-            mask &= eligible
-        if max_cost_usd is not None:
-            mask &= costs <= max_cost_usd
+        if self._zi >= len(self._z):
+            self._z = self._rng.standard_normal((1024, len(self.specs)))
+            self._zi = 0
+        q = cat.arms.sample(x, self._z[self._zi], self.settings.explore)
+        self._zi += 1
+        costs = prompt_tokens * self.prices.input_per_token
+        costs += cat.out_cost
+        penalty = cat.penalty
+        if eligible is not None or max_cost_usd is not None:
+            ok = np.ones(len(costs), dtype=bool) if eligible is None else eligible.copy()
+            if max_cost_usd is not None:
+                ok &= costs <= max_cost_usd
+            penalty = np.where(ok, penalty, -np.inf)
         w = self.settings.cost_weight if cost_weight is None else cost_weight
-        k, scores = choose(q, costs, w, mask)
+        k, scores = choose(q, costs, w, penalty)
         return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), float(costs[k]), w,
                         scores, costs, event_id, timestamp)
 
     # -- learning ----------------------------------------------------------------------------
     def _forget(self, cat: _Category, now: float | None, events: int = 1) -> None:
         """Decay a category's sums for ``events`` feedback events and the time since its last decay."""
-        g = self._event_decay**events
         hs = self.settings.half_life_seconds
+        if events == 1 and (hs is None or now is None):
+            cat.arms.decay(self._event_decay, self._log_event_decay)
+            return
+        g = self._event_decay**events
         if hs is not None and now is not None:
             if cat.last_t is not None:
                 g *= 0.5 ** (max(now - cat.last_t, 0.0) / hs)
@@ -240,20 +259,37 @@ class Router:
         cat.arms.decay(g)
 
     def learn(self, decision: Decision, quality: float, *, now: float | None = None) -> None:
-        """Fold a quality in [0,1] for this decision into its (category, model) posterior."""
+        """Fold a quality in [0,1] for this decision into its (category, model) posterior.
+
+        A decision is one observation. Learning again on a decision that already has a quality
+        (a second signal arrived, and the caller combined them with ``feedback.combine``)
+        *replaces* its quality in the posterior at the observation's current weight; it never
+        adds a second observation.
+        """
         if not (0.0 <= quality <= 1.0) or math.isnan(quality):
             raise ValueError(f"quality: {quality!r} must be in [0, 1]")
-        self.observe(decision.category, decision.arm, decision.x, quality, now=now)
+        cat = self._category(decision.category)
+        if decision.quality is None:
+            self._forget(cat, now)
+            cat.arms.update(decision.arm, decision.x, quality)
+            decision.stamp = cat.arms.stamp(decision.arm)
+        elif decision.stamp is not None:
+            cat.arms.revise(decision.arm, decision.x, decision.stamp, decision.quality, quality)
+        decision.quality = quality
 
     def observe(self, category: str, arm: int, x: np.ndarray, quality: float, *,
-                now: float | None = None) -> None:
+                now: float | None = None) -> float:
+        """Fold one observation without a Decision object; returns its stamp."""
         cat = self._category(category)
         self._forget(cat, now)
         cat.arms.update(arm, x, quality)
+        return cat.arms.stamp(arm)
 
     def observe_output(self, decision: Decision, completion_tokens: float) -> None:
         """Fold the completion tokens of an answer into the output-length estimate."""
-        self._cats[decision.category].out.observe(decision.arm, completion_tokens)
+        cat = self._cats[decision.category]
+        cat.out.observe(decision.arm, completion_tokens)
+        cat.out_cost[decision.arm] = cat.out.mean[decision.arm] * self.prices.output_per_token[decision.arm]
 
     def forget(self, now: float) -> None:
         """Time-based forgetting of every category up to ``now`` (run on a schedule by the service)."""

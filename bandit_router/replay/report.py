@@ -66,12 +66,13 @@ def plot(table: Table, opts: ReplayOptions, result: dict[str, Any], out: str, *,
         seq = choices[cats == cat]
         win = max(20, len(seq) // 60)
         ks = [k for k in np.unique(seq) if (seq == k).mean() > 0.01]
-        xs = np.arange(len(seq))
-        shares = [np.convolve(seq == k, np.ones(win) / win, mode="same") for k in ks]
+        win = min(win, len(seq))
+        xs = np.arange(win - 1, len(seq))
+        shares = [np.convolve(seq == k, np.ones(win) / win, mode="valid") for k in ks]
         ax.stackplot(xs, shares, labels=[table.models[k].split("/")[-1] for k in ks],
                      colors=[cmap(k % 20) for k in ks])
         ax.set_title(f"{cat}: traffic share")
-        ax.set_xlabel(f"request of this category (window {win})")
+        ax.set_xlabel(f"request of this category (trailing window of {win})")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7, loc="lower left")
     ax = axes[-1]
@@ -81,8 +82,7 @@ def plot(table: Table, opts: ReplayOptions, result: dict[str, Any], out: str, *,
         ax.annotate(m.split("/")[-1][:14], (base[m]["cost"], base[m]["quality"]), fontsize=6)
     pts = []
     for w in weights:
-        o = replace(opts, cost_weight=w, settings=replace(opts.settings or BanditSettings(), cost_weight=w),
-                    drift=[])
+        o = replace(opts, cost_weight=w, settings=replace(opts.settings or BanditSettings(), cost_weight=w))
         r = run(table, o, warm=warm, with_peers=False)["router"]
         pts.append((r["cost"], r["quality"], w))
     pc, pq, pw = zip(*pts, strict=True)

@@ -269,6 +269,9 @@ def run(table: Table, opts: ReplayOptions, *, warm: Table | None = None,
                              "share": _share(ch, table.models),
                              "us_per_decision": peer_ns[p.name] / t_steps / 1e3}
     best = max(table.models, key=lambda m: refs[m]["quality"])
+    for s in (r, *baselines.values()):
+        s["quality_pct_of_best"] = 100 * s["quality"] / refs[best]["quality"]
+        s["cost_pct_of_best"] = 100 * s["cost"] / refs[best]["cost"]
     report = {
         "router": r,
         "baselines": baselines,
