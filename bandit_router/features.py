@@ -3,7 +3,7 @@
 Pure and deterministic: the same messages always give the same vector (the hashed
 lexical features use CRC32, not Python's salted ``hash``). numpy only, no I/O.
 
-The vector has ``DIM`` = 32 entries, all roughly in [-1, 1]:
+The vector has ``DIM`` = 32 entries, all in [-1.5, 1.5]:
 
 ====  ======================================================================
 0     intercept, always 1.0 (the prior quality of a model sits here)
@@ -109,13 +109,13 @@ def estimate_tokens(messages: Sequence[Message]) -> int:
     """
     total = 0
     for m in messages:
-        total += len(message_text(m).encode("utf-8")) // 4 + 4
+        total += len(message_text(m).encode("utf-8", "surrogatepass")) // 4 + 4
     return total + 3
 
 
 def text_tokens(text: str) -> int:
     """Tokens of a bare text (an answer), with the same rule as :func:`estimate_tokens`."""
-    return max(1, len(text.encode("utf-8")) // 4)
+    return max(1, len(text.encode("utf-8", "surrogatepass")) // 4)
 
 
 def _last_user(messages: Sequence[Message]) -> str:
@@ -135,7 +135,7 @@ def featurize(messages: Sequence[Message]) -> np.ndarray:
             has_system = 1.0
     last = _last_user(messages)
     tail = last[-TAIL_CHARS:]
-    tb = tail.encode("utf-8")
+    tb = tail.encode("utf-8", "surrogatepass")
     n = max(len(tb), 1)
     non_ascii = len(tb) - len(tail)
     low = tb.lower()
@@ -148,8 +148,8 @@ def featurize(messages: Sequence[Message]) -> np.ndarray:
 
     f = [0.0] * DIM
     f[0] = 1.0
-    f[1] = math.log1p(total_chars) / 10.0
-    f[2] = math.log1p(last.count(" ") + 1) / 8.0
+    f[1] = min(math.log1p(total_chars) / 10.0, 1.5)
+    f[2] = min(math.log1p(last.count(" ") + 1) / 8.0, 1.5)
     f[3] = min(len(messages), 20) / 20.0
     f[4] = has_system
     f[5] = min(len(_CODE_MARKS.findall(tb)), 10) / 10.0

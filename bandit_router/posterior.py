@@ -248,8 +248,18 @@ class ArmPosteriors:
     def decay(self, factor: float, log_factor: float | None = None) -> None:
         """Multiply every arm's data sums by ``factor`` (forgetting); the prior is untouched."""
         if factor != 1.0:
+            if log_factor is None:
+                log_factor = math.log(factor) if factor > 0.0 else -math.inf
+            self.log_decay += log_factor
+            if factor < 1e-200:  # everything is forgotten (a long idle gap): back to the prior
+                self.xx[:] = 0.0
+                self.xr[:] = 0.0
+                self.rr[:] = 0.0
+                self.n[:] = 0.0
+                self.s = 1.0
+                self.refresh_all()
+                return
             self.s /= factor
-            self.log_decay += math.log(factor) if log_factor is None else log_factor
             self.pending *= factor
             if self.pending < self.refresh_below:
                 self.refresh_all()
@@ -306,7 +316,8 @@ class ArmPosteriors:
         The observation keeps its weight, which forgetting has shrunk by exp(stamp_now − stamp),
         so a decision never counts as more than one observation however often it is revised.
         Only XR and RR change (XX does not depend on the quality)."""
-        w = math.exp(min(self.stamp(i) - stamp, 0.0))
+        age = self.stamp(i) - stamp
+        w = math.exp(min(age, 0.0)) if age == age else 0.0  # nan when both are -inf: forgotten
         if w < 1e-12:
             return
         sw = self.s * w

@@ -251,12 +251,12 @@ class Router:
         if events == 1 and (hs is None or now is None):
             cat.arms.decay(self._event_decay, self._log_event_decay)
             return
-        g = self._event_decay**events
+        log_g = self._log_event_decay * events
         if hs is not None and now is not None:
             if cat.last_t is not None:
-                g *= 0.5 ** (max(now - cat.last_t, 0.0) / hs)
+                log_g -= math.log(2.0) * max(now - cat.last_t, 0.0) / hs
             cat.last_t = now if cat.last_t is None else max(now, cat.last_t)
-        cat.arms.decay(g)
+        cat.arms.decay(math.exp(log_g), log_g)
 
     def learn(self, decision: Decision, quality: float, *, now: float | None = None) -> None:
         """Fold a quality in [0,1] for this decision into its (category, model) posterior.
@@ -316,6 +316,7 @@ class Router:
                 if model in out_tokens:
                     cat.out.observe(k, out_tokens[model])
                 n += 1
+        self._refresh_costs()
         return n
 
     # -- state -------------------------------------------------------------------------------

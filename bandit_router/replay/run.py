@@ -8,7 +8,6 @@ per-category best model in hindsight, the per-prompt oracle, and peer learners
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +17,6 @@ import numpy as np
 from ..costs import Price
 from ..router import BanditSettings, ModelSpec, Router
 from .data import Table
-
-DRIFT_RE = re.compile(r"^(degrade|price|add):([^@]+?)(?::([0-9.eE+-]+))?@(\d+)$")
-
 
 @dataclass(frozen=True)
 class Drift:
@@ -33,25 +29,33 @@ class Drift:
 
     @classmethod
     def parse(cls, spec: str, models: Sequence[str]) -> Drift:
-        m = DRIFT_RE.match(spec.strip())
-        if not m:
-            raise ValueError(f"--drift {spec!r}: expected degrade:MODEL:FRACTION@STEP, "
-                             "price:MODEL:FACTOR@STEP or add:MODEL@STEP")
-        kind, model, value, step = m.group(1), m.group(2), m.group(3), int(m.group(4))
+        usage = "expected degrade:MODEL:FRACTION@STEP, price:MODEL:FACTOR@STEP or add:MODEL@STEP"
+        body, at, step_s = spec.strip().rpartition("@")
+        kind, colon, rest = body.partition(":")
+        if not at or not colon or kind not in ("degrade", "price", "add"):
+            raise ValueError(f"--drift {spec!r}: {usage}")
+        if not step_s.isdigit():
+            raise ValueError(f"--drift {spec!r}: the step {step_s!r} is not a whole number; {usage}")
+        step = int(step_s)
+        if kind == "add":
+            model, value = rest, 1.0
+            if model not in models and rest.rpartition(":")[0] in models:
+                raise ValueError(f"--drift {spec!r}: add takes no value (add:MODEL@STEP)")
+        else:
+            model, colon, value_s = rest.rpartition(":")
+            if not colon:
+                raise ValueError(f"--drift {spec!r}: {kind} needs a value ({kind}:MODEL:VALUE@STEP)")
+            try:
+                value = float(value_s)
+            except ValueError:
+                raise ValueError(f"--drift {spec!r}: the value {value_s!r} is not a number") from None
+            if kind == "degrade" and not 0.0 <= value <= 1.0:
+                raise ValueError(f"--drift {spec!r}: the fraction must be in [0, 1]")
+            if kind == "price" and not value > 0:
+                raise ValueError(f"--drift {spec!r}: the price factor must be > 0")
         if model not in models:
             raise ValueError(f"--drift {spec!r}: unknown model {model!r} (models: {', '.join(models)})")
-        if kind == "add":
-            if value is not None:
-                raise ValueError(f"--drift {spec!r}: add takes no value (add:MODEL@STEP)")
-            return cls(kind, model, 1.0, step)
-        if value is None:
-            raise ValueError(f"--drift {spec!r}: {kind} needs a value ({kind}:MODEL:VALUE@STEP)")
-        v = float(value)
-        if kind == "degrade" and not 0.0 <= v <= 1.0:
-            raise ValueError(f"--drift {spec!r}: the fraction must be in [0, 1]")
-        if kind == "price" and not v > 0:
-            raise ValueError(f"--drift {spec!r}: the price factor must be > 0")
-        return cls(kind, model, v, step)
+        return cls(kind, model, value, step)
 
 
 @dataclass
