@@ -50,7 +50,7 @@ N_HASHED = DIM - N_DENSE
 TAIL_CHARS = 800
 HASHED_WORDS = 32
 
-_CODE_MARKS = re.compile(rb"```|def |import |return |;\n|\{\n|\(\)|==")
+_CODE_MARKS = (b"```", b"def ", b"import ", b"return ", b";\n", b"{\n", b"()", b"==")
 _CODE_WORDS = frozenset(
     b"function program script implement python javascript typescript java rust golang sql regex compile "
     b"bug stacktrace refactor unittest code method array string integer list dict".split()
@@ -152,7 +152,10 @@ def featurize(messages: Sequence[Message]) -> np.ndarray:
     f[2] = min(math.log1p(last.count(" ") + 1) / 8.0, 1.5)
     f[3] = min(len(messages), 20) / 20.0
     f[4] = has_system
-    f[5] = min(len(_CODE_MARKS.findall(tb)), 10) / 10.0
+    count = tb.count
+    m0, m1, m2, m3, m4, m5, m6, m7 = _CODE_MARKS
+    code_marks = count(m0) + count(m1) + count(m2) + count(m3) + count(m4) + count(m5) + count(m6) + count(m7)
+    f[5] = min(code_marks, 10) / 10.0
     f[6] = min(len(wordset & _CODE_WORDS), 3) / 3.0
     f[7] = min((n - len(tb.translate(None, _DIGITS))) / n * 5.0, 1.0)
     f[8] = min((n - len(tb.translate(None, _MATH))) / n * 10.0, 1.0)
@@ -168,14 +171,14 @@ def featurize(messages: Sequence[Message]) -> np.ndarray:
     f[17] = min(len(wordset & _CU_WORDS), 3) / 3.0
     f[18] = min(len(wordset & _REASON_WORDS), 3) / 3.0
     f[19] = min(len(b"".join(words)) / n_words / 10.0, 1.0)
-    x = np.array(f)
     recent = words[-HASHED_WORDS:]
     if recent:
+        scale = 0.25 / math.sqrt(len(recent))
+        crc = zlib.crc32
         for w in recent:
-            h = zlib.crc32(w)
-            x[N_DENSE + h % N_HASHED] += 1.0 if h & 0x10000 else -1.0
-        x[N_DENSE:] *= 0.25 / math.sqrt(len(recent))
-    return x
+            h = crc(w)
+            f[N_DENSE + h % N_HASHED] += scale if h & 0x10000 else -scale
+    return np.array(f)
 
 
 FEATURE_NAMES: tuple[str, ...] = (

@@ -228,8 +228,9 @@ class Router:
         cat = self._cats.get(category) or self._category(category)
         if self._zi >= len(self._z):
             self._z = self._rng.standard_normal((1024, len(self.specs)))
+            self._z *= self.settings.explore  # the draws' sd scale, applied once per block
             self._zi = 0
-        q = cat.arms.sample(x, self._z[self._zi], self.settings.explore)
+        q = cat.arms.sample(x, self._z[self._zi])
         self._zi += 1
         costs = prompt_tokens * self.prices.input_per_token
         costs += cat.out_cost
