@@ -18,6 +18,7 @@ from ..costs import Price
 from ..router import BanditSettings, ModelSpec, Router
 from .data import Table
 
+
 @dataclass(frozen=True)
 class Drift:
     """``degrade:MODEL:FRACTION@STEP``, ``price:MODEL:FACTOR@STEP`` or ``add:MODEL@STEP``."""
