@@ -138,6 +138,7 @@ class ArmPosteriors:
         self.refresh_every = refresh_every
         self.s = 1.0  # the stored sums are the true sums times s
         self.log_decay = 0.0  # Σ log(decay factors) so far: dates observations for later revision
+        self.epoch = 0  # bumped when every arm's stored sums are rewritten (renormalised or reset)
         self.pending = 1.0  # decay not yet applied to the cache
         self.a0 = np.zeros((0, d))
         self.m0 = np.zeros((0, d))
@@ -237,7 +238,34 @@ class ArmPosteriors:
             self.since = [0] * k
         self.pending = 1.0
 
+    # -- persistence -------------------------------------------------------------------------
+    # The exact learning state, as flat float64 arrays. Stored sums stay in the category's scale,
+    # so an observation changes the bytes of one arm and of the category, nothing else.
+    def export_category(self) -> np.ndarray:
+        return np.array([self.s, self.log_decay, float(self.epoch)])
+
+    def export_arm(self, i: int) -> np.ndarray:
+        head = [self.rr[i], self.n[i], self.count[i], self.cusum_up[i], self.cusum_down[i],
+                self.log_keep[i], self.changes[i]]
+        return np.concatenate([head, self.m0[i], self.a0[i], self.xr[i], self.xx[i].ravel()])
+
+    def import_category(self, v: np.ndarray) -> None:
+        self.s, self.log_decay = float(v[0]), float(v[1])
+
+    def import_arm(self, i: int, v: np.ndarray) -> None:
+        """Load an arm exported by :meth:`export_arm` (call :meth:`refresh_all` afterwards)."""
+        d = self.d
+        if len(v) != 7 + 3 * d + d * d:
+            raise ValueError(f"arm state: {len(v)} numbers, expected {7 + 3 * d + d * d} for d={d}")
+        self.rr[i], self.n[i], self.count[i] = v[0], v[1], int(v[2])
+        self.cusum_up[i], self.cusum_down[i], self.log_keep[i] = float(v[3]), float(v[4]), float(v[5])
+        self.changes[i] = int(v[6])
+        o = 7
+        self.m0[i], self.a0[i], self.xr[i] = v[o:o + d], v[o + d:o + 2 * d], v[o + 2 * d:o + 3 * d]
+        self.xx[i] = v[o + 3 * d:].reshape(d, d)
+
     def _renormalise(self) -> None:
+        self.epoch += 1  # every arm's stored bytes change: persistence must rewrite them all
         inv_s = 1.0 / self.s
         self.xx *= inv_s
         self.xr *= inv_s
@@ -252,6 +280,7 @@ class ArmPosteriors:
                 log_factor = math.log(factor) if factor > 0.0 else -math.inf
             self.log_decay += log_factor
             if factor < 1e-200:  # everything is forgotten (a long idle gap): back to the prior
+                self.epoch += 1
                 self.xx[:] = 0.0
                 self.xr[:] = 0.0
                 self.rr[:] = 0.0

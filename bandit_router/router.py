@@ -117,6 +117,7 @@ class Router:
         self.index: dict[str, int] = {}
         self.enabled = np.zeros(0, dtype=bool)
         self._cats: dict[str, _Category] = {}
+        self._epochs: dict[str, int] = {}  # per category: the arms' storage epoch last persisted
         self._rng = np.random.default_rng(self.settings.seed)
         self._z = np.zeros((0, 0))
         self._zi = 0
@@ -326,6 +327,62 @@ class Router:
 
     def load_posterior(self, category: str, model: str, post: Posterior) -> None:
         self._category(category).arms.set(self._model_index(model), post)
+
+    def state_keys(self, category: str, model: str | None = None) -> str:
+        return f"category:{category}" if model is None else f"arm:{category}:{model}"
+
+    def export_state(self, category: str, model: str | None = None) -> bytes:
+        """The exact learning state of a category (its forgetting clock) or of one (category, model)
+        arm (its sums, prior, change detector and output-length estimate), as bytes."""
+        cat = self._category(category)
+        if model is None:
+            return cat.arms.export_category().tobytes()
+        k = self._model_index(model)
+        out = np.array([cat.out.mean[k], cat.out.n[k]])
+        return np.concatenate([out, cat.arms.export_arm(k)]).tobytes()
+
+    def import_state(self, states: Mapping[str, bytes]) -> int:
+        """Restore states written by :meth:`export_state` (keys from :meth:`state_keys`); unknown
+        models are skipped. Returns the number of arms restored."""
+        n = 0
+        touched = set()
+        for key, blob in states.items():
+            kind, _, rest = key.partition(":")
+            v = np.frombuffer(blob, dtype=np.float64)
+            if kind == "category":
+                self._category(rest).arms.import_category(v)
+                touched.add(rest)
+            elif kind == "arm":
+                category, _, model = rest.partition(":")
+                if model not in self.index:
+                    continue
+                cat = self._category(category)
+                k = self.index[model]
+                cat.out.mean[k], cat.out.n[k] = v[0], v[1]
+                cat.arms.import_arm(k, v[2:])
+                touched.add(category)
+                n += 1
+        for name in touched:
+            self._cats[name].arms.refresh_all()
+        self._refresh_costs()
+        return n
+
+    def dirty_states(self, decision: Decision | None = None) -> dict[str, bytes]:
+        """What to persist after learning ``decision``: its arm and its category, or every arm of the
+        category when the category's stored sums were all rewritten (a rare renormalisation)."""
+        out: dict[str, bytes] = {}
+        cats = [decision.category] if decision is not None else list(self._cats)
+        for name in cats:
+            cat = self._cats[name]
+            out[self.state_keys(name)] = self.export_state(name)
+            if decision is None or cat.arms.epoch != self._epochs.get(name):
+                self._epochs[name] = cat.arms.epoch
+                models = self.models
+            else:
+                models = [decision.model]
+            for m in models:
+                out[self.state_keys(name, m)] = self.export_state(name, m)
+        return out
 
     def expected_output_tokens(self, category: str, model: str) -> float:
         return float(self._category(category).out.mean[self._model_index(model)])
