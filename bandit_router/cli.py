@@ -61,6 +61,72 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import EXAMPLE_CONFIG
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise ValueError(f"init: {path} exists (use --force to overwrite)")
+    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    print(f"wrote {path}: models are the simulator's at http://127.0.0.1:9000/v1.\n"
+          f"next: `bandit-router simulate` in one terminal, `bandit-router serve --config {path}` in another.")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from aiohttp import web
+
+    from .config import load_config
+    from .server import make_app
+
+    config = load_config(args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    app = make_app(config, db_path=args.db)
+    loop = None
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        pass
+    web.run_app(app, host=host, port=port, access_log=logging.getLogger("aiohttp.access") if args.access_log
+                else None, print=lambda *a: print(f"bandit-router serving on http://{host}:{port}", flush=True),
+                loop=loop)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import json
+
+    from .demo import run_demo
+
+    result = run_demo(requests=args.requests, seed=args.seed, db=args.db, out=args.out,
+                      concurrency=args.concurrency, cost_weight=args.cost_weight)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulator import ProfileError, builtin_profile, profile_yaml, run_simulator
+
+    if args.print_profile:
+        print(profile_yaml(builtin_profile()))
+        return 0
+    try:
+        run_simulator(host=args.host, port=args.port, profile_path=args.profile, seed=args.seed,
+                      latency_scale=args.latency_scale)
+    except ProfileError as e:
+        raise ValueError(f"simulate: {e}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bandit-router", description="An adaptive LLM router.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,6 +155,38 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--feature-precision", type=float, default=10.0, help="prior precision of feature weights")
     r.add_argument("--prior-strength", type=float, default=1.0, help="prior pseudo-observations")
     r.set_defaults(func=cmd_replay)
+
+    i = sub.add_parser("init", help="write a commented example config (the simulator's models)")
+    i.add_argument("path", nargs="?", default="router.yaml")
+    i.add_argument("--force", action="store_true", help="overwrite an existing file")
+    i.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("serve", help="run the router: OpenAI-compatible, feedback and admin endpoints")
+    s.add_argument("--config", default="router.yaml")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--db", default=None, help="SQLite file (default: the config's storage.path)")
+    s.add_argument("--access-log", action="store_true")
+    s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("simulate", help="serve simulated providers (the seed article's models) over loopback")
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--port", type=int, default=9000)
+    m.add_argument("--profile", default=None, help="a YAML/JSON profile (default: the built-in one)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--latency-scale", type=float, default=None, help="0 answers at once; 50 is about real time")
+    m.add_argument("--print-profile", action="store_true", help="print the built-in profile as YAML and exit")
+    m.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="simulator + router + the openai client: learning, a regression, a deprecation")
+    d.add_argument("--requests", type=int, default=3000)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--db", default="bandit_router_demo.db", help="the demo's SQLite file (recreated each run)")
+    d.add_argument("--out", default="out/demo.png", help="PNG of traffic share over time")
+    d.add_argument("--concurrency", type=int, default=16)
+    d.add_argument("--cost-weight", type=float, default=20.0)
+    d.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    d.set_defaults(func=cmd_demo)
     return p
 
 

@@ -1,0 +1,213 @@
+"""``router.yaml``: pydantic models of the service configuration, and the example ``init`` writes.
+
+A bad file stops start-up with :class:`ConfigError`, whose message names the field and the
+problem, e.g. ``router.yaml: models.1.input_price: Input should be greater than or equal to 0``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .categories import DEFAULT_CATEGORIES
+from .costs import Price
+from .router import BanditSettings, ModelSpec
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Prior(_Strict):
+    quality: float = Field(ge=0.0, le=1.0)
+    strength: float = Field(gt=0.0, description="pseudo-observations")
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    provider: Literal["openai"] = "openai"
+    base_url: str = Field(description="an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    upstream_model: str | None = Field(None, description="the model id sent upstream (default: name)")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    input_price: float = Field(ge=0.0, description="$ per 1M input tokens")
+    output_price: float = Field(ge=0.0, description="$ per 1M output tokens")
+    cached_input_price: float | None = Field(None, ge=0.0)
+    priors: dict[str, Prior] = Field(default_factory=dict)
+    categories: list[str] | None = None
+    output_tokens: float = Field(256.0, gt=0.0, description="expected output tokens before any are seen")
+    enabled: bool = True
+    timeout_s: float = Field(120.0, gt=0.0)
+    connect_timeout_s: float = Field(10.0, gt=0.0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            name=self.name,
+            price=Price(self.input_price, self.output_price, self.cached_input_price),
+            priors={c: (p.quality, p.strength) for c, p in self.priors.items()},
+            output_tokens=self.output_tokens,
+            categories=tuple(self.categories) if self.categories is not None else None,
+            enabled=self.enabled,
+        )
+
+
+class BanditConfig(_Strict):
+    cost_weight: float = Field(10.0, ge=0.0, description="quality points per dollar")
+    half_life_events: float | None = Field(10_000.0, gt=0.0)
+    half_life_seconds: float | None = Field(None, gt=0.0)
+    prior_quality: float = Field(0.5, ge=0.0, le=1.0)
+    prior_strength: float = Field(1.0, gt=0.0)
+    feature_precision: float = Field(10.0, gt=0.0)
+    explore: float = Field(0.5, ge=0.0)
+    seed: int | None = None
+
+    def settings(self) -> BanditSettings:
+        seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little")
+        return BanditSettings(self.cost_weight, self.half_life_events, self.half_life_seconds,
+                              self.prior_quality, self.prior_strength, self.feature_precision, self.explore, seed)
+
+
+class CategoriesConfig(_Strict):
+    names: list[str] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES))
+    rules: dict[str, list[tuple[str, float]]] | None = None
+    fallback: str = "general"
+    min_score: float = 2.0
+
+
+class StorageConfig(_Strict):
+    path: str = "./bandit_router.db"
+
+
+class FeedbackConfig(_Strict):
+    window_s: float = Field(7 * 24 * 3600.0, gt=0.0, description="feedback accepted this long after a decision")
+
+
+class SchedulerConfig(_Strict):
+    checkpoint_s: float = Field(60.0, gt=0.0)
+    expiry_s: float = Field(3600.0, gt=0.0)
+    forget_s: float = Field(60.0, gt=0.0)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+
+
+class RouterConfig(_Strict):
+    models: list[ModelConfig] = Field(min_length=1)
+    bandit: BanditConfig = Field(default_factory=BanditConfig)
+    categories: CategoriesConfig = Field(default_factory=CategoriesConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RouterConfig:
+        seen = set()
+        for i, m in enumerate(self.models):
+            if m.name in seen:
+                raise ValueError(f"models.{i}.name: {m.name!r} is configured twice")
+            if m.name == "auto":
+                raise ValueError(f"models.{i}.name: 'auto' is reserved (it asks the router to choose)")
+            seen.add(m.name)
+        return self
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file (write an example with `bandit-router init {p}`)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(raw, source=str(p))
+
+
+def parse_config(raw: object, source: str = "config") -> RouterConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return RouterConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+EXAMPLE_CONFIG = """\
+# bandit-router configuration. Start the simulated providers with `bandit-router simulate`,
+# then the router with `bandit-router serve --config router.yaml`.
+
+models:
+  # Each model: an OpenAI-compatible endpoint and its prices in $ per 1M tokens. The four below are
+  # the simulator's fleet (the seed article's table); for a real provider set base_url, and put the
+  # API key in the environment variable named by api_key_env (keys never go in this file).
+  - name: gpt-5.4
+    base_url: http://127.0.0.1:9000/v1
+    input_price: 2.50
+    output_price: 20.0
+    priors:                       # optional capability profile: (quality, strength in answers)
+      computer_use: {quality: 0.75, strength: 10}
+  - name: claude-opus-4.6
+    base_url: http://127.0.0.1:9000/v1
+    input_price: 5.00
+    output_price: 25.0
+    priors:
+      coding: {quality: 0.808, strength: 10}
+  - name: gemini-3.1-pro
+    base_url: http://127.0.0.1:9000/v1
+    input_price: 2.00
+    output_price: 12.0
+    priors:
+      reasoning: {quality: 0.771, strength: 10}
+      science: {quality: 0.943, strength: 10}
+  - name: glm-5
+    base_url: http://127.0.0.1:9000/v1
+    input_price: 1.00
+    output_price: 3.20            # not in the seed article: the simulator's stated assumption
+    categories: [coding, reasoning, science, general]   # no computer-use figure: not offered
+  # A real upstream, for example:
+  # - name: gpt-4o-mini
+  #   base_url: https://api.openai.com/v1
+  #   api_key_env: OPENAI_API_KEY
+  #   input_price: 0.15
+  #   output_price: 0.60
+
+bandit:
+  cost_weight: 20          # quality points per dollar: 20 means $0.01 costs 0.2 of quality
+  half_life_events: 10000  # forgetting, in feedback events of a category
+  # half_life_seconds: 86400
+  explore: 0.5
+
+storage:
+  path: ./bandit_router.db  # SQLite, WAL mode
+
+feedback:
+  window_s: 604800          # feedback accepted for 7 days after a decision
+
+server:
+  host: 127.0.0.1
+  port: 8000
+"""

@@ -1,0 +1,107 @@
+"""Any OpenAI-compatible endpoint: OpenAI, vLLM, Ollama, OpenRouter, Gemini's and GLM's
+OpenAI-compatible APIs, and the simulator. One shared aiohttp ClientSession for all of them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .base import Completion, StreamResult, UpstreamError, Usage
+
+
+def _usage(u: dict[str, Any] | None) -> Usage:
+    if not u:
+        return Usage()
+    details = u.get("prompt_tokens_details") or {}
+    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0),
+                 int(details.get("cached_tokens") or 0))
+
+
+class OpenAICompatProvider:
+    """Adapter for ``POST {base_url}/chat/completions``.
+
+    ``name`` is the model as the router knows it; ``upstream_model`` the id sent upstream. Responses
+    are relabelled with ``name`` so the client sees the model that answered."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, name: str, base_url: str, upstream_model: str | None,
+                 api_key: str | None, timeout_s: float = 120.0, connect_timeout_s: float = 10.0) -> None:
+        self.session = session
+        self.name = name
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.upstream_model = upstream_model or name
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+
+    def _payload(self, body: dict[str, Any], stream: bool) -> bytes:
+        out = dict(body)
+        out["model"] = self.upstream_model
+        out.pop("router", None)
+        if stream:
+            out["stream"] = True
+            out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        else:
+            out.pop("stream", None)
+            out.pop("stream_options", None)
+        return orjson.dumps(out)
+
+    async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        text = (await resp.text())[:500]
+        try:
+            msg = orjson.loads(text)["error"]["message"]
+        except Exception:  # noqa: BLE001 - any non-OpenAI error body
+            msg = text or resp.reason or "no body"
+        retryable = resp.status in (408, 409, 429) or resp.status >= 500
+        return UpstreamError(resp.status if resp.status < 500 else 502,
+                             f"upstream {self.name} answered {resp.status}: {msg}", retryable=retryable)
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        try:
+            async with self.session.post(self.url, data=self._payload(body, False), headers=self._headers,
+                                         timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise await self._error(resp)
+                data = orjson.loads(await resp.read())
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, f"upstream {self.name} unreachable: {type(e).__name__}", retryable=True) from None
+        except TimeoutError:
+            raise UpstreamError(504, f"upstream {self.name} timed out", retryable=True) from None
+        except orjson.JSONDecodeError:
+            raise UpstreamError(502, f"upstream {self.name} sent invalid JSON") from None
+        data["model"] = self.name
+        return Completion(data, _usage(data.get("usage")))
+
+    async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[dict[str, Any]]:
+        """Yield chunk objects; the usage chunk is consumed into ``result`` (and yielded only if the
+        client asked for it with ``stream_options.include_usage``)."""
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        try:
+            async with self.session.post(self.url, data=self._payload(body, True), headers=self._headers,
+                                         timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise await self._error(resp)
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = orjson.loads(data)
+                    chunk["model"] = self.name
+                    if chunk.get("usage"):
+                        result.usage = _usage(chunk["usage"])
+                        if not chunk.get("choices") and not want_usage:
+                            continue
+                        if not want_usage:
+                            chunk.pop("usage", None)
+                    yield chunk
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, f"upstream {self.name} unreachable: {type(e).__name__}", retryable=True) from None
+        except TimeoutError:
+            raise UpstreamError(504, f"upstream {self.name} timed out", retryable=True) from None
+        result.finished = True

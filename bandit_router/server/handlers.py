@@ -1,0 +1,182 @@
+"""/v1 handlers: route-and-complete, route only, feedback, models."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from feedback import SignalError, parse_feedback
+
+from ..policy import NoEligibleModel
+from ..providers import UpstreamError
+from ..router import Decision
+from ..service import ExpiredEvent, Hints, UnknownEvent
+from .errors import error, validation_error
+from .keys import SERVICE
+
+CATEGORY_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+
+
+class RouterHints(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    category: str | None = Field(None, pattern=CATEGORY_PATTERN)
+    cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    router: RouterHints | None = None
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    messages: list[ChatMessage] = Field(min_length=1)
+    category: str | None = Field(None, pattern=CATEGORY_PATTERN)
+    cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+
+
+async def _json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise web.HTTPBadRequest(reason=f"invalid JSON: {e}") from None
+
+
+def _header_hints(request: web.Request, body_hints: RouterHints | None) -> Hints:
+    h = Hints(body_hints.category if body_hints else None, body_hints.cost_weight if body_hints else None)
+    cat = request.headers.get("X-Router-Category")
+    if cat is not None:
+        RouterHints(category=cat)  # validates
+        h.category = cat
+    cw = request.headers.get("X-Router-Cost-Weight")
+    if cw is not None:
+        try:
+            value = float(cw)
+        except ValueError:
+            raise ValueError(f"X-Router-Cost-Weight: {cw!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"X-Router-Cost-Weight: {cw!r} must be a finite number >= 0")
+        h.cost_weight = value
+    return h
+
+
+def _headers(d: Decision) -> dict[str, str]:
+    return {"X-Router-Event-Id": d.event_id or "", "X-Router-Model": d.model, "X-Router-Category": d.category}
+
+
+def _messages(msgs: list[ChatMessage]) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in msgs]
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    try:
+        body = await _json(request)
+    except web.HTTPBadRequest as e:
+        return error(400, e.reason)
+    if not isinstance(body, dict):
+        return error(400, "the body must be a JSON object (an OpenAI Chat Completions request)")
+    try:
+        req = ChatRequest.model_validate(body)
+        hints = _header_hints(request, req.router)
+    except ValidationError as e:
+        return validation_error(e)
+    except ValueError as e:
+        return error(422, str(e))
+    if req.model != "auto" and req.model not in service.router.index:
+        return error(404, f"model: {req.model!r} is not configured; use 'auto' or one of "
+                     f"{', '.join(service.router.models)}", param="model", code="model_not_found")
+    messages = _messages(req.messages)
+    try:
+        d = service.decide(messages, hints, model=None if req.model == "auto" else req.model)
+    except NoEligibleModel as e:
+        return error(503, str(e), code="no_eligible_model")
+    upstream = dict(body)
+    upstream["messages"] = messages
+    if req.stream:
+        resp = web.StreamResponse(headers={**_headers(d), "Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        first = True
+        try:
+            async for line in service.stream(d, upstream):
+                if first:
+                    await resp.prepare(request)
+                    first = False
+                await resp.write(line)
+        except UpstreamError as e:
+            if first:
+                return error(e.status, e.message, code="upstream_error")
+            await resp.write(b"data: " + orjson.dumps({"error": {"message": e.message, "type": "upstream_error",
+                                                                  "param": None, "code": "upstream_error"}}) + b"\n\n")
+        await resp.write_eof()
+        return resp
+    try:
+        done, cost = await service.complete(d, upstream)
+    except UpstreamError as e:
+        return error(e.status, e.message, code="upstream_error")
+    out = done.body
+    out["router"] = {"event_id": d.event_id, "category": d.category, "model": d.model, "cost_usd": cost}
+    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d))
+
+
+async def route(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        body = await _json(request)
+        req = RouteRequest.model_validate(body)
+    except web.HTTPBadRequest as e:
+        return error(400, e.reason)
+    except ValidationError as e:
+        return validation_error(e)
+    try:
+        d = service.decide(_messages(req.messages), Hints(req.category, req.cost_weight))
+    except NoEligibleModel as e:
+        return error(503, str(e), code="no_eligible_model")
+    out = {"event_id": d.event_id, "model": d.model, "category": d.category,
+           "expected_cost_usd": d.expected_cost, "candidates": service.candidates(d)}
+    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d))
+
+
+async def feedback(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        body = await _json(request)
+    except web.HTTPBadRequest as e:
+        return error(400, e.reason)
+    if not isinstance(body, dict):
+        return error(422, "the body must be a JSON object with event_id and one of score, rating, grader")
+    event_id = body.get("event_id")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 100:
+        return error(422, "event_id: required, a string as returned in X-Router-Event-Id", param="event_id")
+    try:
+        signal = parse_feedback(body)
+    except SignalError as e:
+        return error(422, str(e), param=e.field)
+    try:
+        out = await service.feedback(event_id, signal, body)
+    except UnknownEvent as e:
+        return error(404, str(e), param="event_id", code="unknown_event")
+    except ExpiredEvent as e:
+        return error(410, str(e), param="event_id", code="expired_event")
+    return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+
+async def models(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "bandit-router"}]
+    data += [{"id": m, "object": "model", "created": 0, "owned_by": "bandit-router"} for m in service.router.models]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")

@@ -1,0 +1,191 @@
+"""The service's glue, free of HTTP: decide and log, call the provider, account the cost, take
+feedback and make it durable. The aiohttp handlers validate input and call these methods.
+
+request → Router.decide → DecisionRow (queued) → provider → cost (queued) → response
+feedback → feedback.parse_feedback → combine per source → Router.learn → FeedbackRow + state
+(one transaction; the caller is answered once it has committed)
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from feedback import FeedbackSignal, combine
+
+from .config import RouterConfig
+from .features import Message
+from .providers.base import Completion, Provider, StreamResult, Usage
+from .router import Decision, Router
+from .storage.base import DecisionRow, FeedbackRow, StateRow, Store
+
+
+class UnknownEvent(LookupError):
+    pass
+
+
+class ExpiredEvent(LookupError):
+    pass
+
+
+@dataclass
+class Hints:
+    category: str | None = None
+    cost_weight: float | None = None
+
+
+@dataclass
+class _Tracked:
+    decision: Decision
+    learn: bool
+    signals: dict[str, FeedbackSignal] | None = None  # loaded lazily from the store
+    created: float = field(default_factory=time.time)
+
+
+class Service:
+    def __init__(self, config: RouterConfig, router: Router, store: Store, providers: dict[str, Provider], *,
+                 cache_size: int = 200_000) -> None:
+        self.config = config
+        self.router = router
+        self.store = store
+        self.providers = providers
+        self.cache_size = cache_size
+        self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
+
+    # -- deciding ----------------------------------------------------------------------------
+    def decide(self, messages: Sequence[Message], hints: Hints, *, model: str | None = None) -> Decision:
+        """Choose a model (or take the caller's: logged, not learned from) and log the decision."""
+        now = time.time()
+        event_id = secrets.token_urlsafe(16)
+        if model is None:
+            d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
+                                   event_id=event_id, timestamp=now)
+            learn = True
+        else:
+            others = [m for m in self.router.models if m != model]
+            d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
+                                   exclude=others, event_id=event_id, timestamp=now)
+            learn = False
+        self.store.record_decision(DecisionRow(
+            event_id=event_id, created=now, category=d.category, model=d.model, x=d.x.tobytes(),
+            prompt_tokens=d.prompt_tokens, expected_cost=d.expected_cost, cost_weight=d.cost_weight, learn=learn))
+        self._track(event_id, _Tracked(d, learn, signals={}))
+        return d
+
+    def _track(self, event_id: str, t: _Tracked) -> None:
+        self._tracked[event_id] = t
+        if len(self._tracked) > self.cache_size:
+            self._tracked.popitem(last=False)
+
+    def candidates(self, d: Decision) -> list[dict[str, Any]]:
+        rows = []
+        for k, m in enumerate(self.router.models):
+            score = float(d.scores[k]) if len(d.scores) else float("nan")
+            rows.append({"model": m, "expected_cost_usd": float(d.costs[k]),
+                         "score": score if np.isfinite(score) else None, "eligible": bool(np.isfinite(score))})
+        return rows
+
+    # -- completing --------------------------------------------------------------------------
+    def account(self, d: Decision, usage: Usage, status: str = "completed") -> float:
+        price = self.router.prices[d.model]
+        cost = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        if usage.completion_tokens:
+            self.router.observe_output(d, usage.completion_tokens)
+        self.store.update_decision(d.event_id, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
+        return cost
+
+    async def complete(self, d: Decision, body: dict[str, Any]) -> tuple[Completion, float]:
+        provider = self.providers[d.model]
+        try:
+            done = await provider.complete(body)
+        except Exception:
+            self.store.update_decision(d.event_id, status="failed")
+            raise
+        return done, self.account(d, done.usage)
+
+    async def stream(self, d: Decision, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """SSE lines for a streamed completion; usage and cost are recorded when the stream ends."""
+        result = StreamResult()
+        try:
+            async for chunk in self.providers[d.model].stream(body, result):
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        finally:
+            if result.finished:
+                self.account(d, result.usage)
+            else:
+                self.store.update_decision(d.event_id, status="failed")
+        yield b"data: [DONE]\n\n"
+
+    # -- feedback ----------------------------------------------------------------------------
+    async def _lookup(self, event_id: str) -> _Tracked:
+        t = self._tracked.get(event_id)
+        if t is None:
+            row = await self.store.get_decision(event_id)
+            if row is None or row.model not in self.router.index:
+                raise UnknownEvent(f"event_id: {event_id!r} was not issued by this router (or has expired)")
+            x = np.frombuffer(row.x, dtype=np.float64).copy()
+            d = Decision(row.category, row.model, self.router.index[row.model], x, row.prompt_tokens,
+                         row.expected_cost, row.cost_weight, np.empty(0), np.empty(0), row.event_id, row.created,
+                         row.quality, row.stamp)
+            t = self._tracked.setdefault(event_id, _Tracked(d, row.learn, None, row.created))
+        if t.signals is None:
+            rows = await self.store.feedback_for(event_id)
+            if t.signals is None:
+                t.signals = {r.source: FeedbackSignal(r.quality, r.source, r.kind, r.weight) for r in rows}  # type: ignore[arg-type]
+        return t
+
+    async def feedback(self, event_id: str, signal: FeedbackSignal, raw: dict[str, Any]) -> dict[str, Any]:
+        """Fold a signal into its decision; returns once it is durable."""
+        t = await self._lookup(event_id)
+        now = time.time()
+        if now - t.created > self.config.feedback.window_s:
+            raise ExpiredEvent(f"event_id: {event_id!r} is past the feedback window "
+                               f"({self.config.feedback.window_s:g} s)")
+        assert t.signals is not None
+        t.signals[signal.source] = signal
+        quality = combine(t.signals.values())
+        d = t.decision
+        state: list[StateRow] = []
+        if t.learn:
+            self.router.learn(d, quality, now=now)
+            state = [StateRow(k, v, now) for k, v in self.router.dirty_states(d).items()]
+            self.store.update_decision(event_id, stamp=d.stamp, quality=quality)
+        await self.store.record_feedback(
+            FeedbackRow(event_id, signal.source, signal.quality, signal.kind, signal.weight,
+                        orjson.dumps(raw).decode(), now), state=state)
+        return {"event_id": event_id, "source": signal.source, "quality": signal.quality,
+                "decision_quality": quality, "model": d.model, "category": d.category, "learned": t.learn}
+
+    # -- state -------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        now = time.time()
+        self.store.save_state([StateRow(k, v, now) for k, v in self.router.dirty_states().items()])
+
+    def restore(self) -> int:
+        n = self.router.import_state(self.store.load_state())
+        for key, blob in self.store.load_state("model:").items():
+            name = key.partition(":")[2]
+            if name in self.router.index:
+                self.router.set_enabled(name, blob == b"1")
+        return n
+
+    def set_enabled(self, model: str, enabled: bool) -> None:
+        self.router.set_enabled(model, enabled)
+        self.store.save_state([StateRow(f"model:{model}", b"1" if enabled else b"0", time.time())])
+
+    def forget(self) -> None:
+        self.router.forget(time.time())
+        self.checkpoint()
+
+    async def expire(self) -> int:
+        cutoff = time.time() - self.config.feedback.window_s
+        for eid in [e for e, t in self._tracked.items() if t.created < cutoff]:
+            del self._tracked[eid]
+        return await self.store.expire_decisions(cutoff)
