@@ -6,6 +6,8 @@ per category, and returns the best-scoring category, or the fallback (``general`
 when no category reaches ``min_score``. Rules are plain data, so a config file can
 replace or extend them. The defaults follow the routing table of the seed article:
 ``coding``, ``reasoning``, ``science``, ``computer_use`` and ``general``.
+
+Patterns are matched against the *lower-cased* text: write them in lower case.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class CategoryClassifier:
             compiled = []
             for i, (pattern, weight) in enumerate(rules):
                 try:
-                    compiled.append((re.compile(pattern, re.I | re.M), float(weight)))
+                    # matched against lower-cased text, so no IGNORECASE (which made it 2x slower)
+                    compiled.append((re.compile(pattern, re.M), float(weight)))
                 except re.error as e:
                     raise ValueError(f"categories.rules.{category}[{i}]: bad pattern {pattern!r}: {e}") from e
             self._compiled.append((category, compiled))
@@ -82,6 +85,7 @@ class CategoryClassifier:
 
     def scores(self, text: str) -> dict[str, float]:
         text = text[: self.max_chars // 2] + text[-self.max_chars // 2 :] if len(text) > self.max_chars else text
+        text = text.lower()
         out = {}
         for category, rules in self._compiled:
             s = 0.0

@@ -8,7 +8,9 @@ feedback → feedback.parse_feedback → combine per source → Router.learn →
 
 from __future__ import annotations
 
-import secrets
+import base64
+import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -24,7 +26,25 @@ from .config import RouterConfig
 from .features import Message
 from .providers.base import Completion, Provider, StreamResult, Usage
 from .router import Decision, Router
-from .storage.base import DecisionRow, FeedbackRow, StateRow, Store
+from .storage.base import DecisionRow, FeedbackRow, StateRow, Store, StoreOverloaded
+
+log = logging.getLogger("bandit_router")
+
+
+class _EventIds:
+    """Unguessable event ids (128 random bits, URL-safe), drawn from os.urandom in bulk."""
+
+    def __init__(self, batch: int = 256) -> None:
+        self.batch = batch
+        self.buf = b""
+        self.pos = 0
+
+    def __call__(self) -> str:
+        if self.pos >= len(self.buf):
+            self.buf, self.pos = os.urandom(16 * self.batch), 0
+        raw = self.buf[self.pos:self.pos + 16]
+        self.pos += 16
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 class UnknownEvent(LookupError):
@@ -47,6 +67,7 @@ class _Tracked:
     learn: bool
     signals: dict[str, FeedbackSignal] | None = None  # loaded lazily from the store
     created: float = field(default_factory=time.time)
+    recorded: bool = True  # the decision row was written (False: it is written when the call ends)
 
 
 class Service:
@@ -58,12 +79,18 @@ class Service:
         self.providers = providers
         self.cache_size = cache_size
         self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
+        self._event_id = _EventIds()
+        self.unrecorded = 0  # decisions whose row could not be queued (storage overloaded)
 
     # -- deciding ----------------------------------------------------------------------------
-    def decide(self, messages: Sequence[Message], hints: Hints, *, model: str | None = None) -> Decision:
-        """Choose a model (or take the caller's: logged, not learned from) and log the decision."""
+    def decide(self, messages: Sequence[Message], hints: Hints, *, model: str | None = None,
+               record: bool = True) -> Decision:
+        """Choose a model (or take the caller's: logged, not learned from) and log the decision.
+
+        With ``record=False`` the decision row is written when the completion ends (one write per
+        request instead of an insert and an update); see :meth:`account`."""
         now = time.time()
-        event_id = secrets.token_urlsafe(16)
+        event_id = self._event_id()
         if model is None:
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
                                    event_id=event_id, timestamp=now)
@@ -73,11 +100,32 @@ class Service:
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
                                    exclude=others, event_id=event_id, timestamp=now)
             learn = False
-        self.store.record_decision(DecisionRow(
-            event_id=event_id, created=now, category=d.category, model=d.model, x=d.x.tobytes(),
-            prompt_tokens=d.prompt_tokens, expected_cost=d.expected_cost, cost_weight=d.cost_weight, learn=learn))
-        self._track(event_id, _Tracked(d, learn, signals={}))
+        t = _Tracked(d, learn, signals={}, created=now, recorded=record)
+        if record:
+            self.store.record_decision(self._row(t))
+        self._track(event_id, t)
         return d
+
+    @staticmethod
+    def _row(t: _Tracked, **fields: Any) -> DecisionRow:
+        d = t.decision
+        return DecisionRow(event_id=d.event_id or "", created=d.timestamp or t.created, category=d.category,
+                           model=d.model, x=d.x.tobytes(), prompt_tokens=d.prompt_tokens,
+                           expected_cost=d.expected_cost, cost_weight=d.cost_weight, learn=t.learn,
+                           stamp=d.stamp, quality=d.quality, **fields)
+
+    def _finish(self, d: Decision, **fields: Any) -> None:
+        """Write the decision row with its outcome (or update it, when it was written at decision time)."""
+        t = self._tracked.get(d.event_id or "")
+        try:
+            if t is not None and not t.recorded:
+                self.store.record_decision(self._row(t, **fields))
+                t.recorded = True
+            else:
+                self.store.update_decision(d.event_id or "", **fields)
+        except StoreOverloaded:  # the answer is already on its way; say so loudly, do not fail it
+            self.unrecorded += 1
+            log.warning("storage queue full: decision %s not recorded (%d so far)", d.event_id, self.unrecorded)
 
     def _track(self, event_id: str, t: _Tracked) -> None:
         self._tracked[event_id] = t
@@ -98,7 +146,7 @@ class Service:
         cost = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         if usage.completion_tokens:
             self.router.observe_output(d, usage.completion_tokens)
-        self.store.update_decision(d.event_id, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
+        self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
         return cost
 
     async def complete(self, d: Decision, body: dict[str, Any]) -> tuple[Completion, float]:
@@ -106,7 +154,7 @@ class Service:
         try:
             done = await provider.complete(body)
         except Exception:
-            self.store.update_decision(d.event_id, status="failed")
+            self._finish(d, status="failed")
             raise
         return done, self.account(d, done.usage)
 
@@ -120,7 +168,7 @@ class Service:
             if result.finished:
                 self.account(d, result.usage)
             else:
-                self.store.update_decision(d.event_id, status="failed")
+                self._finish(d, status="failed")
         yield b"data: [DONE]\n\n"
 
     # -- feedback ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ..policy import NoEligibleModel
 from ..providers import UpstreamError
 from ..router import Decision
 from ..service import ExpiredEvent, Hints, UnknownEvent
+from ..storage.base import StoreOverloaded
 from .errors import error, validation_error
 from .keys import SERVICE
 
@@ -100,13 +101,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if req.model != "auto" and req.model not in service.router.index:
         return error(404, f"model: {req.model!r} is not configured; use 'auto' or one of "
                      f"{', '.join(service.router.models)}", param="model", code="model_not_found")
-    messages = _messages(req.messages)
+    messages = body["messages"]  # validated above; forwarded as the client sent them
     try:
-        d = service.decide(messages, hints, model=None if req.model == "auto" else req.model)
+        d = service.decide(messages, hints, model=None if req.model == "auto" else req.model, record=False)
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")
-    upstream = dict(body)
-    upstream["messages"] = messages
+    upstream = body
     if req.stream:
         resp = web.StreamResponse(headers={**_headers(d), "Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -146,6 +146,8 @@ async def route(request: web.Request) -> web.Response:
         d = service.decide(_messages(req.messages), Hints(req.category, req.cost_weight))
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")
+    except StoreOverloaded:
+        return error(503, "the router's storage queue is full; retry shortly", code="overloaded")
     out = {"event_id": d.event_id, "model": d.model, "category": d.category,
            "expected_cost_usd": d.expected_cost, "candidates": service.candidates(d)}
     return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d))
@@ -172,6 +174,9 @@ async def feedback(request: web.Request) -> web.Response:
         return error(404, str(e), param="event_id", code="unknown_event")
     except ExpiredEvent as e:
         return error(410, str(e), param="event_id", code="expired_event")
+    except StoreOverloaded:
+        return error(503, "the router's storage queue is full; the feedback was not recorded, retry shortly",
+                     code="overloaded")
     return web.Response(body=orjson.dumps(out), content_type="application/json")
 
 

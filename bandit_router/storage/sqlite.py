@@ -44,6 +44,8 @@ SCHEMA_VERSION = 1
 _DECISION_COLS = ("event_id", "created", "category", "model", "x", "prompt_tokens", "expected_cost",
                   "cost_weight", "learn", "stamp", "quality", "cost_usd", "completion_tokens", "status", "tenant")
 _FEEDBACK_COLS = ("event_id", "source", "quality", "kind", "weight", "raw", "created")
+_INSERT_DECISION = (f"INSERT INTO decisions ({', '.join(_DECISION_COLS)}) "
+                    f"VALUES ({', '.join('?' for _ in _DECISION_COLS)})")
 
 
 def _segments(ops: list[Op]) -> Iterator[list[Op]]:
@@ -90,8 +92,8 @@ def _apply(db: Database, ops: list[Op]) -> None:
             state.update((r["key"], r) for r in rows)
         elif op.kind == STATE:
             state.update((r["key"], r) for r in op.data)
-    if decisions:
-        db["decisions"].insert_all(decisions)
+    if decisions:  # the hot path: plain executemany, no per-chunk column discovery
+        db.conn.executemany(_INSERT_DECISION, [[d[c] for c in _DECISION_COLS] for d in decisions])
     if updates:
         # Raw UPDATE: Table.update() costs an extra SELECT per row and raises on a missing row;
         # column names come from the UPDATABLE_FIELDS allowlist, values are bound.

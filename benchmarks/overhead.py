@@ -1,0 +1,152 @@
+"""Router overhead and throughput, side by side with the upstream alone, in one run.
+
+    python benchmarks/overhead.py [--seconds 8] [--connections 1 10 50] [--json out/overhead.json]
+
+An upstream that answers at once (a minimal aiohttp server returning a fixed ChatCompletion with
+usage) runs in its own process; the router (``bandit-router serve``, SQLite in a temporary
+directory) runs in another, with that upstream as its only model. ``wrk`` (Debian package ``wrk``)
+drives POST /v1/chat/completions at 1, 10 and 50 connections, against the upstream alone, a bare
+aiohttp pass-through (uvloop, no logic, no storage: the ceiling of the stack), and the router
+(``model: auto``: features, category inference, Thompson draw, decision logged to SQLite). Reported: p50 and p99 latency and requests/s of both,
+and the router's added median latency. Goals (issue 3): ≤ 0.5 ms added at 1 connection;
+≥ 3,000 requests/s at 50 connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from bandit_router.procs import free_port, start, stop
+
+UPSTREAM = textwrap.dedent('''
+    import sys, orjson
+    from aiohttp import web
+    BODY = orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "fast",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22}})
+    async def chat(request):
+        await request.read()
+        return web.Response(body=BODY, content_type="application/json")
+    async def health(request):
+        return web.Response(text="ok")
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/healthz", health)
+    import uvloop
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
+''')
+
+PASS_THROUGH = textwrap.dedent('''
+    import sys, aiohttp, uvloop
+    from aiohttp import web
+    UP = f"http://127.0.0.1:{sys.argv[2]}/v1/chat/completions"
+    async def ctx(app):
+        app["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+        yield
+        await app["s"].close()
+    async def chat(request):
+        body = await request.read()
+        async with request.app["s"].post(UP, data=body, headers={"Content-Type": "application/json"}) as r:
+            data = await r.read()
+        return web.Response(body=data, content_type="application/json")
+    async def health(request):
+        return web.Response(text="ok")
+    app = web.Application(); app.cleanup_ctx.append(ctx)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/healthz", health)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
+''')
+
+LUA = textwrap.dedent('''
+    wrk.method = "POST"
+    wrk.headers["Content-Type"] = "application/json"
+    wrk.body = '{"model": "MODEL", "messages": [{"role": "user", "content": "Write a Python function that adds."}]}'
+''')
+
+
+def wrk(url: str, model: str, connections: int, seconds: float, tmp: Path) -> dict[str, float]:
+    script = tmp / f"{model}.lua"
+    script.write_text(LUA.replace("MODEL", model))
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s",
+                          str(script), url + "/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"p50_ms": ms("50%"), "p99_ms": ms("99%"), "rps": rps, "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--connections", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        print("needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        up_port, router_port, pt_port = free_port(), free_port(), free_port()
+        (tmp / "upstream.py").write_text(UPSTREAM)
+        (tmp / "pass_through.py").write_text(PASS_THROUGH)
+        upstream = subprocess.Popen([sys.executable, str(tmp / "upstream.py"), str(up_port)],
+                                    stderr=subprocess.PIPE, text=True)
+        bare = subprocess.Popen([sys.executable, str(tmp / "pass_through.py"), str(pt_port), str(up_port)],
+                                stderr=subprocess.PIPE, text=True)
+        config = {"models": [{"name": "fast", "base_url": f"http://127.0.0.1:{up_port}/v1", "input_price": 1.0,
+                              "output_price": 2.0}], "bandit": {"seed": 0}}
+        (tmp / "router.yaml").write_text(yaml.safe_dump(config))
+        try:
+            from bandit_router.procs import wait_http
+
+            wait_http(f"http://127.0.0.1:{up_port}/healthz", upstream)
+            wait_http(f"http://127.0.0.1:{pt_port}/healthz", bare)
+            router = start(["serve", "--config", str(tmp / "router.yaml"), "--port", str(router_port), "--db",
+                            str(tmp / "bench.db")], f"http://127.0.0.1:{router_port}/healthz")
+            try:
+                rows = []
+                for c in args.connections:
+                    wrk(f"http://127.0.0.1:{router_port}", "auto", c, 1, tmp)  # warm up
+                    alone = wrk(f"http://127.0.0.1:{up_port}", "fast", c, args.seconds, tmp)
+                    passed = wrk(f"http://127.0.0.1:{pt_port}", "fast", c, args.seconds, tmp)
+                    routed = wrk(f"http://127.0.0.1:{router_port}", "auto", c, args.seconds, tmp)
+                    rows.append({"connections": c, "upstream": alone, "bare_pass_through": passed, "router": routed,
+                                 "added_p50_ms": routed["p50_ms"] - alone["p50_ms"],
+                                 "bare_added_p50_ms": passed["p50_ms"] - alone["p50_ms"]})
+            finally:
+                stop(router)
+        finally:
+            stop(bare)
+            stop(upstream)
+    print("p50 / p99 latency in ms, throughput in requests/s; 'added' is the median latency over the upstream's")
+    print(f"{'conns':>5} | {'upstream alone':>24} | {'bare aiohttp pass-through':>32} | {'bandit-router':>32}")
+    for r in rows:
+        u, b, o = r["upstream"], r["bare_pass_through"], r["router"]
+        print(f"{r['connections']:>5} | {u['p50_ms']:6.3f} {u['p99_ms']:6.2f} {u['rps']:8.0f} | "
+              f"{b['p50_ms']:6.3f} {b['p99_ms']:6.2f} {b['rps']:7.0f} +{r['bare_added_p50_ms']:.3f} | "
+              f"{o['p50_ms']:6.3f} {o['p99_ms']:6.2f} {o['rps']:7.0f} +{r['added_p50_ms']:.3f}"
+              + (f"  ({o['non_2xx']} non-2xx)" if o["non_2xx"] else ""))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
