@@ -7,9 +7,9 @@ usage) runs in its own process; the router (``bandit-router serve``, SQLite in a
 directory) runs in another, with that upstream as its only model. ``wrk`` (Debian package ``wrk``)
 drives POST /v1/chat/completions at 1, 10 and 50 connections, against the upstream alone, a bare
 aiohttp pass-through (uvloop, no logic, no storage: the ceiling of the stack), and the router
-(``model: auto``: features, category inference, Thompson draw, decision logged to SQLite). Reported: p50 and p99 latency and requests/s of both,
-and the router's added median latency. Goals (issue 3): ≤ 0.5 ms added at 1 connection;
-≥ 3,000 requests/s at 50 connections.
+(``model: auto``: features, category inference, Thompson draw, decision logged to SQLite).
+Reported: p50 and p99 latency and requests/s of each, and the median latency each adds.
+Goals (issue 3): ≤ 0.5 ms added at 1 connection; ≥ 3,000 requests/s at 50 connections.
 """
 
 from __future__ import annotations
