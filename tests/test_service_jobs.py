@@ -1,0 +1,70 @@
+"""The scheduled jobs (expiry, checkpoints, time-based forgetting) against a real app on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+
+from bandit_router.config import parse_config
+from bandit_router.server import make_app
+from bandit_router.server.keys import SERVICE
+from bandit_router.simulator import make_app as make_simulator
+
+CODING = [{"role": "user", "content": "Write a Python function that sorts a list."}]
+
+
+@pytest_asyncio.fixture
+async def stack(aiohttp_server, aiohttp_client, tmp_path):
+    sim = await aiohttp_server(make_simulator(seed=3))
+    cfg = parse_config({
+        "models": [{"name": n, "base_url": f"http://127.0.0.1:{sim.port}/v1", "input_price": 1.0, "output_price": 2.0}
+                   for n in ("gpt-5.4", "glm-5")],
+        "bandit": {"seed": 1, "half_life_seconds": 1.0, "half_life_events": None},
+        "feedback": {"window_s": 0.5},
+    })
+    app = make_app(cfg, db_path=tmp_path / "jobs.db")
+    client = await aiohttp_client(app)
+    return client, app
+
+
+async def _complete(client) -> str:
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
+    assert r.status == 200
+    return r.headers["X-Router-Event-Id"]
+
+
+@pytest.mark.asyncio
+async def test_feedback_window_then_expiry(stack):
+    client, app = stack
+    fresh = await _complete(client)
+    assert (await client.post("/v1/feedback", json={"event_id": fresh, "score": 1})).status == 200
+    old = await _complete(client)
+    await asyncio.sleep(0.6)
+    r = await client.post("/v1/feedback", json={"event_id": old, "score": 1})
+    assert r.status == 410 and "feedback window" in (await r.json())["error"]["message"]
+    service = app[SERVICE]
+    await service.store.flush()
+    assert await service.expire() == 2
+    r = await client.post("/v1/feedback", json={"event_id": old, "score": 1})
+    assert r.status == 404
+
+
+@pytest.mark.asyncio
+async def test_checkpoint_and_time_based_forgetting(stack):
+    client, app = stack
+    service = app[SERVICE]
+    for _ in range(5):
+        eid = await _complete(client)
+        assert (await client.post("/v1/feedback", json={"event_id": eid, "score": 1})).status == 200
+    before = service.router.arm_stats()["coding"]
+    n_before = sum(a["effective_observations"] for a in before.values())
+    await asyncio.sleep(1.0)
+    service.forget()  # the scheduled job: one half-life has passed
+    after = service.router.arm_stats()["coding"]
+    n_after = sum(a["effective_observations"] for a in after.values())
+    assert n_after == pytest.approx(n_before / 2, rel=0.1)
+    await service.store.flush()
+    saved = service.store.load_state("category:coding")
+    assert saved, "the checkpoint wrote the category state"
