@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -68,3 +69,26 @@ async def test_checkpoint_and_time_based_forgetting(stack):
     await service.store.flush()
     saved = service.store.load_state("category:coding")
     assert saved, "the checkpoint wrote the category state"
+
+
+@pytest.mark.asyncio
+async def test_upstream_keys_never_leak(aiohttp_server, aiohttp_client, tmp_path, monkeypatch, caplog):
+    secret = "sk-secret-do-not-print-4242"
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", secret)
+    sim_app = make_simulator(seed=3)
+    sim = await aiohttp_server(sim_app)
+    cfg = parse_config({"models": [{"name": "gpt-5.4", "base_url": f"http://127.0.0.1:{sim.port}/v1",
+                                    "api_key_env": "TEST_UPSTREAM_KEY", "input_price": 1.0, "output_price": 2.0}],
+                        "bandit": {"seed": 1}})
+    client = await aiohttp_client(make_app(cfg, db_path=tmp_path / "keys.db"))
+    ok = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
+    assert ok.status == 200
+    # make the upstream fail, then look everywhere a key could surface
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{sim.port}/admin/models/gpt-5.4", json={"fail_rate": 1.0}) as r:
+            assert r.status == 200
+    failed = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
+    assert failed.status == 502
+    texts = [await failed.text(), await (await client.get("/admin/arms")).text(),
+             await (await client.get("/healthz")).text(), caplog.text]
+    assert all(secret not in t for t in texts)

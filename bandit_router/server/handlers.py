@@ -101,6 +101,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if req.model != "auto" and req.model not in service.router.index:
         return error(404, f"model: {req.model!r} is not configured; use 'auto' or one of "
                      f"{', '.join(service.router.models)}", param="model", code="model_not_found")
+    if req.model != "auto" and not service.router.enabled[service.router.index[req.model]]:
+        return error(409, f"model: {req.model!r} is disabled (deprecated) on this router; use 'auto'",
+                     param="model", code="model_disabled")
     messages = body["messages"]  # validated above; forwarded as the client sent them
     try:
         d = service.decide(messages, hints, model=None if req.model == "auto" else req.model, record=False)
