@@ -4,11 +4,8 @@ by the official openai SDK. No mocked HTTP layer."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,46 +14,16 @@ import pytest
 import yaml
 
 from bandit_router.config import EXAMPLE_CONFIG
+from bandit_router.procs import free_port, start, stop
 
 EXE = [sys.executable, "-m", "bandit_router.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(url)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
 def simulator():
     port = free_port()
-    proc = subprocess.Popen([*EXE, "simulate", "--port", str(port), "--latency-scale", "0", "--seed", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    proc = start(["simulate", "--port", str(port), "--latency-scale", "0", "--seed", "1"],
+                 f"http://127.0.0.1:{port}/healthz")
     yield f"http://127.0.0.1:{port}"
     stop(proc)
 
@@ -75,10 +42,8 @@ class RouterProc:
 
     def start(self) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([*EXE, "serve", "--config", str(self.config), "--port", str(self.port),
-                                      "--db", str(self.db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
-        wait_http(self.url + "/healthz", self.proc)
+        self.proc = start(["serve", "--config", str(self.config), "--port", str(self.port), "--db", str(self.db)],
+                          self.url + "/healthz")
 
     def stop(self) -> None:
         assert self.proc is not None
