@@ -33,8 +33,9 @@ class Prior(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(min_length=1, max_length=200)
-    provider: Literal["openai"] = "openai"
-    base_url: str = Field(description="an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    provider: Literal["openai", "anthropic"] = Field(
+        "openai", description="openai: any OpenAI-compatible endpoint; anthropic: the native Messages API")
+    base_url: str = Field(description="e.g. https://api.openai.com/v1, or https://api.anthropic.com for anthropic")
     upstream_model: str | None = Field(None, description="the model id sent upstream (default: name)")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     input_price: float = Field(ge=0.0, description="$ per 1M input tokens")

@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from ..categories import CategoryClassifier
 from ..config import RouterConfig
 from ..providers import OpenAICompatProvider, Provider
+from ..providers.anthropic import AnthropicProvider
 from ..router import Router
 from ..service import Service
 from ..storage import open_store
@@ -42,8 +43,9 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.start()
     connector = aiohttp.TCPConnector(limit=1000, limit_per_host=500, ttl_dns_cache=300)
     session = aiohttp.ClientSession(connector=connector, json_serialize=None)  # type: ignore[arg-type]
+    adapters = {"openai": OpenAICompatProvider, "anthropic": AnthropicProvider}
     providers: dict[str, Provider] = {
-        m.name: OpenAICompatProvider(session, name=m.name, base_url=m.base_url, upstream_model=m.upstream_model,
+        m.name: adapters[m.provider](session, name=m.name, base_url=m.base_url, upstream_model=m.upstream_model,
                                      api_key=m.api_key(), timeout_s=m.timeout_s, connect_timeout_s=m.connect_timeout_s)
         for m in config.models
     }
