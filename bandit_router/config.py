@@ -45,6 +45,8 @@ class ModelConfig(_Strict):
     categories: list[str] | None = None
     output_tokens: float = Field(256.0, gt=0.0, description="expected output tokens before any are seen")
     enabled: bool = True
+    max_context_tokens: int | None = Field(None, gt=0, description="too small for a request: not eligible")
+    max_output_tokens: int | None = Field(None, gt=0, description="a request's max_tokens is capped at this")
     timeout_s: float = Field(120.0, gt=0.0)
     connect_timeout_s: float = Field(10.0, gt=0.0)
 
@@ -66,6 +68,8 @@ class ModelConfig(_Strict):
             output_tokens=self.output_tokens,
             categories=tuple(self.categories) if self.categories is not None else None,
             enabled=self.enabled,
+            max_context_tokens=self.max_context_tokens,
+            max_output_tokens=self.max_output_tokens,
         )
 
 

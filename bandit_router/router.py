@@ -39,6 +39,8 @@ class ModelSpec:
     output_tokens: float = 256.0
     categories: tuple[str, ...] | None = None
     enabled: bool = True
+    max_context_tokens: int | None = None  # a request needing more (prompt + max output) is not eligible
+    max_output_tokens: int | None = None  # the service caps a request's max_tokens at this
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Router:
         self.specs: list[ModelSpec] = []
         self.index: dict[str, int] = {}
         self.enabled = np.zeros(0, dtype=bool)
+        self.max_context = np.zeros(0)  # context window per model (inf: unknown)
         self._cats: dict[str, _Category] = {}
         self._epochs: dict[str, int] = {}  # per category: the arms' storage epoch last persisted
         self._rng = np.random.default_rng(self.settings.seed)
@@ -146,6 +149,7 @@ class Router:
         self.specs.append(spec)
         self.prices.set(spec.name, spec.price)
         self.enabled = np.append(self.enabled, spec.enabled)
+        self.max_context = np.append(self.max_context, spec.max_context_tokens or np.inf)
         for cat in self._cats.values():
             self._add_arm(cat, spec)
         self._z = np.zeros((0, len(self.specs)))
@@ -206,20 +210,36 @@ class Router:
 
     def decide(self, messages: Sequence[Message], *, category: str | None = None,
                cost_weight: float | None = None, exclude: Iterable[str] = (),
-               max_cost_usd: float | None = None, event_id: str | None = None,
-               timestamp: float | None = None) -> Decision:
-        """Choose a model for a chat request (``category`` inferred when not given)."""
+               max_cost_usd: float | None = None, max_output_tokens: int | None = None,
+               event_id: str | None = None, timestamp: float | None = None) -> Decision:
+        """Choose a model for a chat request (``category`` inferred when not given).
+
+        Not eligible: disabled models, ``exclude``, models whose context window is smaller than the
+        prompt plus ``max_output_tokens``, and (when given) models whose expected cost exceeds
+        ``max_cost_usd``."""
         x = featurize(messages)
         cat = category or self.infer_category(messages)
+        tokens = estimate_tokens(messages)
         eligible = None
         excluded = list(exclude)
-        if excluded:
-            eligible = np.ones(len(self.specs), dtype=bool)
+        needed = tokens + (max_output_tokens or 0)
+        too_long = self.max_context < needed
+        if excluded or too_long.any():
+            eligible = ~too_long
             for m in excluded:
                 eligible[self._model_index(m)] = False
-        return self.decide_features(x, cat, estimate_tokens(messages), cost_weight=cost_weight,
-                                    eligible=eligible, max_cost_usd=max_cost_usd,
-                                    event_id=event_id, timestamp=timestamp)
+        try:
+            return self.decide_features(x, cat, tokens, cost_weight=cost_weight, eligible=eligible,
+                                        max_cost_usd=max_cost_usd, event_id=event_id, timestamp=timestamp)
+        except NoEligibleModel:
+            if too_long.any():
+                short = ", ".join(m for m, t in zip(self.models, too_long, strict=True) if t)
+                raise NoEligibleModel(f"no eligible model: the request needs about {needed} tokens of context, "
+                                      f"more than {short} take, and no other model may serve it") from None
+            if max_cost_usd is not None:
+                raise NoEligibleModel(f"no eligible model: none is expected to cost under max_cost_usd="
+                                      f"{max_cost_usd:g}") from None
+            raise
 
     def decide_features(self, x: np.ndarray, category: str, prompt_tokens: float, *,
                         cost_weight: float | None = None, eligible: np.ndarray | None = None,

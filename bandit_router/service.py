@@ -59,6 +59,8 @@ class ExpiredEvent(LookupError):
 class Hints:
     category: str | None = None
     cost_weight: float | None = None
+    max_cost_usd: float | None = None
+    max_output_tokens: int | None = None  # what the request asks for (max_tokens), for context fit
 
 
 @dataclass
@@ -93,12 +95,14 @@ class Service:
         event_id = self._event_id()
         if model is None:
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
+                                   max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
                                    event_id=event_id, timestamp=now)
             learn = True
         else:
             others = [m for m in self.router.models if m != model]
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
-                                   exclude=others, event_id=event_id, timestamp=now)
+                                   exclude=others, max_output_tokens=hints.max_output_tokens,
+                                   event_id=event_id, timestamp=now)
             learn = False
         t = _Tracked(d, learn, signals={}, created=now, recorded=record)
         if record:
@@ -149,7 +153,17 @@ class Service:
         self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
         return cost
 
+    def _cap_output(self, d: Decision, body: dict[str, Any]) -> dict[str, Any]:
+        """Cap the request's output tokens at the chosen model's configured limit."""
+        limit = self.router.specs[d.arm].max_output_tokens
+        if limit is None:
+            return body
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        asked = body.get(key)
+        return {**body, key: limit if not isinstance(asked, int) else min(asked, limit)}
+
     async def complete(self, d: Decision, body: dict[str, Any]) -> tuple[Completion, float]:
+        body = self._cap_output(d, body)
         provider = self.providers[d.model]
         try:
             done = await provider.complete(body)
@@ -161,6 +175,7 @@ class Service:
     async def stream(self, d: Decision, body: dict[str, Any]) -> AsyncIterator[bytes]:
         """SSE lines for a streamed completion; usage and cost are recorded when the stream ends."""
         result = StreamResult()
+        body = self._cap_output(d, body)
         try:
             async for chunk in self.providers[d.model].stream(body, result):
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"

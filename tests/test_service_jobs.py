@@ -92,3 +92,30 @@ async def test_upstream_keys_never_leak(aiohttp_server, aiohttp_client, tmp_path
     texts = [await failed.text(), await (await client.get("/admin/arms")).text(),
              await (await client.get("/healthz")).text(), caplog.text]
     assert all(secret not in t for t in texts)
+
+
+@pytest.mark.asyncio
+async def test_per_model_limits_and_max_cost(aiohttp_server, aiohttp_client, tmp_path):
+    sim = await aiohttp_server(make_simulator(seed=3))
+    url = f"http://127.0.0.1:{sim.port}/v1"
+    cfg = parse_config({"models": [
+        {"name": "gpt-5.4", "base_url": url, "input_price": 2.5, "output_price": 20.0, "max_context_tokens": 100,
+         "max_output_tokens": 7},
+        {"name": "glm-5", "base_url": url, "input_price": 1.0, "output_price": 3.2}], "bandit": {"seed": 1}})
+    client = await aiohttp_client(make_app(cfg, db_path=tmp_path / "limits.db"))
+    long = [{"role": "user", "content": "Write a Python function. " + "word " * 400}]
+    for _ in range(20):  # too long for gpt-5.4's 100-token window: only glm-5 may serve it
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": long})
+        assert r.headers["X-Router-Model"] == "glm-5"
+    # a passed-through request to gpt-5.4 gets its output capped at max_output_tokens
+    r = await client.post("/v1/chat/completions", json={"model": "gpt-5.4", "messages": CODING, "max_tokens": 50})
+    body = await r.json()
+    assert r.status == 200 and body["usage"]["completion_tokens"] <= 7
+    assert body["choices"][0]["finish_reason"] == "length"
+    # max_cost_usd excludes models expected to cost more; none left: a 503 that says why
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING},
+                          headers={"X-Router-Max-Cost-Usd": "0.0000001"})
+    assert r.status == 503 and "max_cost_usd" in (await r.json())["error"]["message"]
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": long,
+                                                        "router": {"max_cost_usd": 1.0}})
+    assert r.status == 200

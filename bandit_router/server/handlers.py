@@ -26,6 +26,7 @@ class RouterHints(BaseModel):
     model_config = ConfigDict(extra="forbid")
     category: str | None = Field(None, pattern=CATEGORY_PATTERN)
     cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    max_cost_usd: float | None = Field(None, gt=0.0, allow_inf_nan=False)
 
 
 class ChatMessage(BaseModel):
@@ -57,21 +58,33 @@ async def _json(request: web.Request) -> Any:
         raise web.HTTPBadRequest(reason=f"invalid JSON: {e}") from None
 
 
-def _header_hints(request: web.Request, body_hints: RouterHints | None) -> Hints:
-    h = Hints(body_hints.category if body_hints else None, body_hints.cost_weight if body_hints else None)
+def _number_header(request: web.Request, name: str, *, positive: bool = False) -> float | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}: {raw!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name}: {raw!r} must be a finite number {'> 0' if positive else '>= 0'}")
+    return value
+
+
+def _header_hints(request: web.Request, body_hints: RouterHints | None, body: dict[str, Any]) -> Hints:
+    b = body_hints or RouterHints()
+    asked = body.get("max_completion_tokens", body.get("max_tokens"))
+    h = Hints(b.category, b.cost_weight, b.max_cost_usd, asked if isinstance(asked, int) else None)
     cat = request.headers.get("X-Router-Category")
     if cat is not None:
         RouterHints(category=cat)  # validates
         h.category = cat
-    cw = request.headers.get("X-Router-Cost-Weight")
+    cw = _number_header(request, "X-Router-Cost-Weight")
     if cw is not None:
-        try:
-            value = float(cw)
-        except ValueError:
-            raise ValueError(f"X-Router-Cost-Weight: {cw!r} is not a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"X-Router-Cost-Weight: {cw!r} must be a finite number >= 0")
-        h.cost_weight = value
+        h.cost_weight = cw
+    mc = _number_header(request, "X-Router-Max-Cost-Usd", positive=True)
+    if mc is not None:
+        h.max_cost_usd = mc
     return h
 
 
@@ -93,7 +106,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(400, "the body must be a JSON object (an OpenAI Chat Completions request)")
     try:
         req = ChatRequest.model_validate(body)
-        hints = _header_hints(request, req.router)
+        hints = _header_hints(request, req.router, body)
     except ValidationError as e:
         return validation_error(e)
     except ValueError as e:
