@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -110,6 +110,27 @@ class SchedulerConfig(_Strict):
     forget_s: float = Field(60.0, gt=0.0)
 
 
+class GradingConfig(_Strict):
+    """Automated graders per category (``*``: any category without its own list) and the sampling
+    policy: ``{"rates": {"coding": 0.1}, "default_rate": 1.0, "usd_per_hour": 2.0}``."""
+
+    graders: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _build(self) -> GradingConfig:
+        from feedback.graders import GraderSpecError, GradingPolicy, make_grader
+
+        try:
+            for cat, specs in self.graders.items():
+                for i, spec in enumerate(specs):
+                    make_grader(spec, where=f"graders.{cat}.{i}")
+            GradingPolicy.from_spec(self.policy, where="policy")
+        except GraderSpecError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -123,6 +144,7 @@ class RouterConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    grading: GradingConfig = Field(default_factory=GradingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")

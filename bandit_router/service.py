@@ -24,6 +24,7 @@ from feedback import FeedbackSignal, combine
 
 from .config import RouterConfig
 from .features import Message
+from .grading import Grading
 from .providers.base import Completion, Provider, StreamResult, Usage
 from .router import Decision, Router
 from .storage.base import DecisionRow, FeedbackRow, StateRow, Store, StoreOverloaded
@@ -61,6 +62,7 @@ class Hints:
     cost_weight: float | None = None
     max_cost_usd: float | None = None
     max_output_tokens: int | None = None  # what the request asks for (max_tokens), for context fit
+    reference: dict[str, Any] | None = None  # what graders compare the answer with (not stored)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Service:
     def __init__(self, config: RouterConfig, router: Router, store: Store, providers: dict[str, Provider], *,
                  cache_size: int = 200_000) -> None:
         self.config = config
+        self.grading = Grading.from_config(config.grading.graders, config.grading.policy)
         self.router = router
         self.store = store
         self.providers = providers
@@ -162,7 +165,14 @@ class Service:
         asked = body.get(key)
         return {**body, key: limit if not isinstance(asked, int) else min(asked, limit)}
 
-    async def complete(self, d: Decision, body: dict[str, Any]) -> tuple[Completion, float]:
+    def grade_later(self, d: Decision, messages: Sequence[Message], answer: str | None,
+                    reference: dict[str, Any] | None) -> None:
+        """Run the category's graders in the background; their results arrive as feedback."""
+        if answer is not None and d.event_id:
+            self.grading.schedule(d.event_id, d.category, d.model, messages, answer, reference, self.feedback)
+
+    async def complete(self, d: Decision, body: dict[str, Any],
+                       reference: dict[str, Any] | None = None) -> tuple[Completion, float]:
         body = self._cap_output(d, body)
         provider = self.providers[d.model]
         try:
@@ -170,18 +180,28 @@ class Service:
         except Exception:
             self._finish(d, status="failed")
             raise
-        return done, self.account(d, done.usage)
+        cost = self.account(d, done.usage)
+        choices = done.body.get("choices") or [{}]
+        self.grade_later(d, body["messages"], (choices[0].get("message") or {}).get("content"), reference)
+        return done, cost
 
-    async def stream(self, d: Decision, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, d: Decision, body: dict[str, Any],
+                     reference: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
         """SSE lines for a streamed completion; usage and cost are recorded when the stream ends."""
         result = StreamResult()
         body = self._cap_output(d, body)
+        text: list[str] = []
         try:
             async for chunk in self.providers[d.model].stream(body, result):
+                for choice in chunk.get("choices") or ():
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        text.append(piece)
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
         finally:
             if result.finished:
                 self.account(d, result.usage)
+                self.grade_later(d, body["messages"], "".join(text), reference)
             else:
                 self._finish(d, status="failed")
         yield b"data: [DONE]\n\n"

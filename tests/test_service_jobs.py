@@ -119,3 +119,54 @@ async def test_per_model_limits_and_max_cost(aiohttp_server, aiohttp_client, tmp
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": long,
                                                         "router": {"max_cost_usd": 1.0}})
     assert r.status == 200
+
+
+@pytest.mark.asyncio
+async def test_graders_run_in_the_background_and_feed_back(aiohttp_server, aiohttp_client, tmp_path):
+    sim = await aiohttp_server(make_simulator(seed=3))
+    url = f"http://127.0.0.1:{sim.port}/v1"
+    cfg = parse_config({
+        "models": [{"name": "gpt-5.4", "base_url": url, "input_price": 2.5, "output_price": 20.0}],
+        "bandit": {"seed": 1},
+        "grading": {"graders": {"*": [{"type": "regex", "name": "expected", "mode": "search", "multiline": True,
+                                       "ignore_case": True}],
+                                "coding": [{"type": "code_tests", "name": "tests"}]},
+                    "policy": {"rates": {"science": 0.0}}},
+    })
+    app = make_app(cfg, db_path=tmp_path / "grading.db")
+    client = await aiohttp_client(app)
+    service = app[SERVICE]
+    ref = {"pattern": r"^ANSWER: 42\.?$"}
+    messages = [{"role": "user", "content": "Summarise the number 42.\nEXPECTED: 42"}]
+    for stream in (False, True):
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": messages, "stream": stream,
+                                                            "router": {"reference": ref, "category": "general"}})
+        assert r.status == 200
+        await r.read()
+    # a grader failure (code_tests without tests in the reference) is counted, never a quality 0
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING,
+                                                        "router": {"category": "coding"}})
+    assert r.status == 200
+    # sampled out: science has rate 0
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": messages,
+                                                        "router": {"reference": ref, "category": "science"}})
+    await service.grading.drain()
+    await service.store.flush()
+    arms = await (await client.get("/admin/arms")).json()
+    assert arms["graders"]["expected"]["graded"] == 2
+    assert arms["graders"]["expected"]["skipped"] == 1
+    assert arms["graders"]["tests"]["failed"] == 1 and "graded" not in arms["graders"]["tests"]
+    row = arms["categories"]["general"]["gpt-5.4"]
+    assert row["feedback_by_source"] == {"grader:expected": 2} and row["observations"] == 2
+    assert arms["categories"]["coding"]["gpt-5.4"]["observations"] == 0
+
+
+def test_bad_grader_spec_names_the_field():
+    from bandit_router.config import ConfigError
+
+    models = [{"name": "m", "base_url": "http://x/v1", "input_price": 1, "output_price": 1}]
+    with pytest.raises(ConfigError, match=r"grading.*graders\.coding\.1\.mode"):
+        parse_config({"models": models, "grading": {"graders": {"coding": [
+            {"type": "json_valid"}, {"type": "regex", "mode": "bogus"}]}}})
+    with pytest.raises(ConfigError, match=r"graders\.coding\.0.*type"):
+        parse_config({"models": models, "grading": {"graders": {"coding": [{"type": "nope"}]}}})

@@ -43,7 +43,8 @@ async def arms(request: web.Request) -> web.Response:
                 "output_tokens": s["output_tokens"],
             }
         out[category] = rows
-    return web.Response(body=orjson.dumps({"categories": out}), content_type="application/json")
+    graders = {name: dict(c) for name, c in service.grading.stats.items()}
+    return web.Response(body=orjson.dumps({"categories": out, "graders": graders}), content_type="application/json")
 
 
 async def _set(request: web.Request, enabled: bool) -> web.Response:

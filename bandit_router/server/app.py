@@ -56,6 +56,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await service.grading.drain()
         service.checkpoint()
         await store.close()
         await session.close()
