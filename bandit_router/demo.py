@@ -1,16 +1,21 @@
 """``bandit-router demo``: the simulator and the router as real processes, a few thousand requests
-through the official ``openai`` client, grader feedback, a regression and a deprecation mid-run.
+through the official ``openai`` client, server-side grading, a regression and a deprecation mid-run.
 
-For every request the demo also asks each model directly (not through the router), so "always use
+The router learns only from automated grading: each request carries a reference
+(``router.reference``) and the router's configured ``regex`` grader scores the answer in the
+background. For every request the demo also asks each model directly (not through the router), so "always use
 the single best model" is measured on the very same prompts, not estimated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,12 +87,13 @@ async def _traffic(router_url: str, sim_url: str, n: int, seed: int, prices: dic
             category, (prompt, expected) = plan[i], tasks[i]
             messages = [{"role": "user", "content": prompt}]
             async with sem:
-                raw = await routed.chat.completions.with_raw_response.create(
-                    model="auto", messages=messages, extra_headers={"X-Router-Category": category})
-                c = raw.parse()
-                q = grade(c.choices[0].message.content, expected)
-                await _post(http, router_url + "/v1/feedback", {"event_id": raw.headers["X-Router-Event-Id"],
-                                                               "grader": {"name": "expected", "passed": q == 1.0}})
+                # the router grades the answer itself (its `expected` grader, from the config) and
+                # learns from that: the client posts no feedback at all
+                reference = {"pattern": rf"^ANSWER: {re.escape(expected)}\.?$"}
+                c = await routed.chat.completions.create(
+                    model="auto", messages=messages, extra_headers={"X-Router-Category": category},
+                    extra_body={"router": {"reference": reference}})
+                q = grade(c.choices[0].message.content, expected)  # for the report only
                 rec = Record(i, category, c.model, q, c.model_extra["router"]["cost_usd"])
                 for m, price in prices.items():
                     d = await direct.chat.completions.create(model=m, messages=messages,
@@ -166,6 +172,8 @@ def run_demo(*, requests: int = 3000, seed: int = 0, db: str = "bandit_router_de
         m["base_url"] = sim_url + "/v1"
     cfg["bandit"]["cost_weight"] = cost_weight
     cfg["bandit"]["seed"] = seed
+    cfg["grading"] = {"graders": {"*": [{"type": "regex", "name": "expected", "mode": "search",
+                                         "multiline": True, "ignore_case": True}]}}
     prices = {m["name"]: Price(m["input_price"], m["output_price"]) for m in cfg["models"]}
     models = list(prices)
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +193,9 @@ def run_demo(*, requests: int = 3000, seed: int = 0, db: str = "bandit_router_de
                     records, events = asyncio.run(_traffic(router_url, sim_url, requests, seed, prices, concurrency,
                                                            lambda d, t: bar.update(job, completed=d)))
                 elapsed = time.monotonic() - t0
+                with urllib.request.urlopen(router_url + "/admin/arms", timeout=10) as r:
+                    graders = json.loads(r.read())["graders"]
+                console.print(f"the router learned only from its own grader: {graders}")
             finally:
                 stop(router)
         finally:
@@ -235,4 +246,5 @@ def run_demo(*, requests: int = 3000, seed: int = 0, db: str = "bandit_router_de
     console.print(f"traffic share over time: {out}")
     return {"requests": len(records), "router": {"quality": q_router, "cost": c_router},
             "direct": {m: {"quality": q, "cost": c} for m, (q, c) in direct.items()}, "best_single": label,
-            "best_single_result": {"quality": qb, "cost": cb}, "saving": saving, "events": events}
+            "best_single_result": {"quality": qb, "cost": cb}, "saving": saving, "events": events,
+            "graders": graders}

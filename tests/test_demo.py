@@ -27,3 +27,5 @@ def test_short_demo_runs_end_to_end(tmp_path):
     assert 0.0 < result["router"]["quality"] <= 1.0 and result["router"]["cost"] > 0
     assert [e[0] for e in result["events"]] == [80, 140]
     assert (tmp_path / "demo.db").exists()
+    # the router learned from its own grader only (the demo posts no feedback)
+    assert result["graders"]["expected"]["graded"] >= 150
