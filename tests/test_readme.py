@@ -42,3 +42,12 @@ def test_service_example_runs_against_a_real_router(tmp_path, capsys):
         stop(sim)
     out = capsys.readouterr().out
     assert "event_id" in out and "cost_usd" in out
+
+
+def test_grading_config_example_is_valid():
+    from bandit_router.config import GradingConfig
+
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S) if "grading:" in b]
+    assert blocks
+    for block in blocks:
+        GradingConfig.model_validate(yaml.safe_load(block)["grading"])
