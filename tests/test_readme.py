@@ -51,3 +51,12 @@ def test_grading_config_example_is_valid():
     assert blocks
     for block in blocks:
         GradingConfig.model_validate(yaml.safe_load(block)["grading"])
+
+
+def test_provider_config_example_is_valid():
+    from bandit_router.config import parse_config
+
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S) if "api.anthropic.com" in b]
+    assert blocks
+    cfg = parse_config(yaml.safe_load(blocks[0]))
+    assert {m.provider for m in cfg.models} == {"openai", "anthropic"}
