@@ -2,7 +2,8 @@
 
 The config lists graders per category (``grading.graders``) and a sampling policy
 (``grading.policy``: per-category rates, a $/hour budget for paid graders). After an answer is
-sent, :class:`Grading` runs the category's graders in the background and posts each result as
+sent, :class:`Grading` runs the category's graders in the background (an ``llm_judge`` calls
+its judge model through the router's own upstreams and counts against ``usd_per_hour``) and posts each result as
 feedback with ``source = "grader:<name>"``. A grader that fails (a bad reference, a crashed
 sandbox) is logged and counted, and never reported as quality 0.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from feedback import FeedbackSignal
-from feedback.graders import Grader, GradeRequest, GraderError, GradingPolicy, make_grader
+from feedback.graders import Grader, GradeRequest, GraderError, GradingPolicy, LLMJudgeGrader, make_grader
+from feedback.graders.judge import Complete
 
 log = logging.getLogger("bandit_router.grading")
 
@@ -31,10 +34,15 @@ class Grading:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_config(cls, graders: Mapping[str, Sequence[Mapping[str, Any]]],
-                    policy: Mapping[str, Any]) -> Grading:
+    def from_config(cls, graders: Mapping[str, Sequence[Mapping[str, Any]]], policy: Mapping[str, Any],
+                    complete: Complete | None = None) -> Grading:
+        """Build the configured graders; judges get ``complete`` (the router's way to call a model)."""
         built = {cat: [make_grader(spec, where=f"grading.graders.{cat}[{i}]") for i, spec in enumerate(specs)]
                  for cat, specs in graders.items()}
+        for gs in built.values():
+            for g in gs:
+                if isinstance(g, LLMJudgeGrader) and complete is not None:
+                    g.bind(complete)
         return cls(built, GradingPolicy.from_spec(policy, where="grading.policy"))
 
     def _count(self, name: str, what: str) -> None:
@@ -59,8 +67,14 @@ class Grading:
 
     async def _run(self, event_id: str, req: GradeRequest, graders: Sequence[Grader], post: PostFeedback) -> None:
         for g in graders:
+            paid = isinstance(g, LLMJudgeGrader)
+            if paid and not self.policy.allow(g.max_cost_usd, time.time()):
+                self._count(g.name, "over_budget")
+                continue
             try:
                 result = await g.agrade(req)
+                if paid:
+                    self.policy.spend(float(result.details.get("cost_usd", 0.0)), time.time())
             except GraderError as e:
                 self._count(g.name, "failed")
                 log.warning("grader %s failed on %s: %s", g.name, event_id, e)

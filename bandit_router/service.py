@@ -78,7 +78,7 @@ class Service:
     def __init__(self, config: RouterConfig, router: Router, store: Store, providers: dict[str, Provider], *,
                  cache_size: int = 200_000) -> None:
         self.config = config
-        self.grading = Grading.from_config(config.grading.graders, config.grading.policy)
+        self.grading = Grading.from_config(config.grading.graders, config.grading.policy, self.judge_complete)
         self.router = router
         self.store = store
         self.providers = providers
@@ -164,6 +164,16 @@ class Service:
         key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         asked = body.get(key)
         return {**body, key: limit if not isinstance(asked, int) else min(asked, limit)}
+
+    async def judge_complete(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, float]:
+        """A call for an LLM judge: through the configured upstream, not routed, not logged as a decision."""
+        if model not in self.providers:
+            raise KeyError(f"judge model {model!r} is not configured")
+        done = await self.providers[model].complete({"model": model, "messages": messages, "max_tokens": 200,
+                                                     "temperature": 0})
+        u = done.usage
+        text = ((done.body.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
+        return text, self.router.prices[model].cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 
     def grade_later(self, d: Decision, messages: Sequence[Message], answer: str | None,
                     reference: dict[str, Any] | None) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from bandit_router.config import parse_config
 from bandit_router.server import make_app
@@ -170,3 +171,56 @@ def test_bad_grader_spec_names_the_field():
             {"type": "json_valid"}, {"type": "regex", "mode": "bogus"}]}}})
     with pytest.raises(ConfigError, match=r"graders\.coding\.0.*type"):
         parse_config({"models": models, "grading": {"graders": {"coding": [{"type": "nope"}]}}})
+
+
+def _judge_app(score: str) -> web.Application:
+    """A tiny OpenAI-compatible judge upstream that always answers with a score."""
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        _judge_app.seen.append(body)  # type: ignore[attr-defined]
+        return web.json_response({"id": "j", "object": "chat.completion", "created": 0, "model": body["model"],
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": score}}],
+                                  "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}})
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+@pytest.mark.asyncio
+async def test_llm_judge_never_judges_its_own_model_and_keeps_to_budget(aiohttp_server, aiohttp_client, tmp_path):
+    _judge_app.seen = []  # type: ignore[attr-defined]
+    sim = await aiohttp_server(make_simulator(seed=3))
+    judge = await aiohttp_server(_judge_app("SCORE: 7\nmostly right"))
+    cfg = parse_config({
+        "models": [{"name": "gpt-5.4", "base_url": f"http://127.0.0.1:{sim.port}/v1", "input_price": 2.5,
+                    "output_price": 20.0},
+                   {"name": "judge", "base_url": f"http://127.0.0.1:{judge.port}/v1", "input_price": 1.0,
+                    "output_price": 1.0, "categories": ["judging"]}],
+        "bandit": {"seed": 1},
+        # the configured judge is gpt-5.4 itself: it must hand over to its alternate for gpt-5.4's answers
+        "grading": {"graders": {"*": [{"type": "llm_judge", "name": "judge", "model": "gpt-5.4",
+                                       "alternates": ["judge"], "max_cost_usd": 0.001}]},
+                    "policy": {"usd_per_hour": 3.6, "burst_usd": 0.0025}},
+    })
+    app = make_app(cfg, db_path=tmp_path / "judge.db")
+    client = await aiohttp_client(app)
+    service = app[SERVICE]
+    for _ in range(4):
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
+        assert r.status == 200 and r.headers["X-Router-Model"] == "gpt-5.4"
+        await service.grading.drain()
+    await service.store.flush()
+    arms = await (await client.get("/admin/arms")).json()
+    stats = arms["graders"]["judge"]
+    # each judge call costs $0.000105 against a $0.0025 burst: all four fit; the judge upstream saw them all
+    assert stats["graded"] == 4 and len(_judge_app.seen) == 4  # type: ignore[attr-defined]
+    assert all(b["model"] == "judge" for b in _judge_app.seen)  # type: ignore[attr-defined]
+    row = arms["categories"]["coding"]["gpt-5.4"]
+    assert row["feedback_by_source"] == {"grader:judge": 4}
+    # exhaust the budget: further answers are not judged (counted as over_budget)
+    service.grading.policy.spend(1.0, __import__("time").time())
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
+    await service.grading.drain()
+    stats = (await (await client.get("/admin/arms")).json())["graders"]["judge"]
+    assert stats["over_budget"] == 1 and stats["graded"] == 4

@@ -11,6 +11,7 @@ Standalone like :mod:`feedback`: nothing here imports ``bandit_router``.
 from feedback.graders.base import AsyncGrader, Grader, GradeRequest, GraderError, GradeResult, GraderSpecError
 from feedback.graders.code import CodeTestsGrader, extract_code
 from feedback.graders.isolation import Isolation, detect_isolation
+from feedback.graders.judge import LLMJudgeGrader
 from feedback.graders.policy import GradingPolicy
 from feedback.graders.registry import GRADER_TYPES, make_grader, register_grader
 from feedback.graders.rules import FormatGrader
@@ -21,6 +22,7 @@ from feedback.graders.text import ExactMatchGrader, MultipleChoiceGrader, RegexG
 __all__ = [
     "GRADER_TYPES", "AsyncGrader", "CodeTestsGrader", "ExactMatchGrader", "FormatGrader", "GradeRequest",
     "GradeResult", "Grader", "GraderError", "GraderSpecError", "GradingPolicy", "Isolation", "JsonSchemaGrader",
-    "JsonValidGrader", "MultipleChoiceGrader", "RegexGrader", "SandboxLimits", "detect_isolation", "extract_choice",
+    "JsonValidGrader", "LLMJudgeGrader", "MultipleChoiceGrader", "RegexGrader", "SandboxLimits", "detect_isolation",
+    "extract_choice",
     "extract_code", "make_grader", "normalize_text", "parse_json_answer", "register_grader",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 from feedback.graders._spec import SpecReader
 from feedback.graders.base import MAX_NAME_LEN, Grader, GraderSpecError
 from feedback.graders.code import CodeTestsGrader
+from feedback.graders.judge import LLMJudgeGrader
 from feedback.graders.rules import FormatGrader
 from feedback.graders.structured import JsonSchemaGrader, JsonValidGrader
 from feedback.graders.text import ExactMatchGrader, MultipleChoiceGrader, RegexGrader
@@ -33,6 +34,7 @@ GRADER_TYPES: dict[str, GraderFactory] = {
     "format": FormatGrader.from_spec,
     "length": FormatGrader.from_spec,
     "code_tests": CodeTestsGrader.from_spec,
+    "llm_judge": LLMJudgeGrader.from_spec,
 }
 
 
