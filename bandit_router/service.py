@@ -84,6 +84,7 @@ class Service:
         self.providers = providers
         self.cache_size = cache_size
         self._tracked: OrderedDict[str, _Tracked] = OrderedDict()
+        self._inflight: dict[str, _Tracked] = {}  # decisions whose row is written when their call ends
         self._event_id = _EventIds()
         self.unrecorded = 0  # decisions whose row could not be queued (storage overloaded)
 
@@ -110,6 +111,8 @@ class Service:
         t = _Tracked(d, learn, signals={}, created=now, recorded=record)
         if record:
             self.store.record_decision(self._row(t))
+        else:
+            self._inflight[event_id] = t  # kept until its row is written, whatever the LRU evicts
         self._track(event_id, t)
         return d
 
@@ -123,7 +126,7 @@ class Service:
 
     def _finish(self, d: Decision, **fields: Any) -> None:
         """Write the decision row with its outcome (or update it, when it was written at decision time)."""
-        t = self._tracked.get(d.event_id or "")
+        t = self._inflight.pop(d.event_id or "", None) or self._tracked.get(d.event_id or "")
         try:
             if t is not None and not t.recorded:
                 self.store.record_decision(self._row(t, **fields))
