@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +26,11 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            log = getattr(proc, "stderr_log", None)
             err = proc.stderr.read() if proc.stderr else ""
+            if log is not None:
+                log.seek(0)
+                err = log.read()
             raise RuntimeError(f"process exited with {proc.returncode}: {err}")
         try:
             with urllib.request.urlopen(url, timeout=1.0) as r:
@@ -38,7 +43,10 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def start(args: Sequence[str], health_url: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr goes to a file, not a pipe nobody reads: a chatty child would block on a full pipe
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.stderr_log = log  # type: ignore[attr-defined]
     try:
         wait_http(health_url, proc)
     except BaseException:
