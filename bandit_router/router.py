@@ -198,6 +198,13 @@ class Router:
         self.prices.set(model, price)
         self._refresh_costs()
 
+    def scale_price(self, model: str, factor: float) -> Price:
+        """A price change: every price of the model (cached input too) times ``factor``."""
+        self._model_index(model)
+        new = self.prices.scale(model, factor)
+        self._refresh_costs()
+        return new
+
     def _model_index(self, model: str) -> int:
         try:
             return self.index[model]

@@ -225,8 +225,7 @@ def run(table: Table, opts: ReplayOptions, *, warm: Table | None = None,
         while ev < len(events) and events[ev].step <= t:
             d = events[ev]
             if d.kind == "price":
-                router.set_price(d.model, Price(router.prices[d.model].input * d.value,
-                                                router.prices[d.model].output * d.value))
+                router.scale_price(d.model, d.value)
             else:
                 router.add_model(ModelSpec(d.model, prices[d.model]))
                 router_cols.append(table.models.index(d.model))
