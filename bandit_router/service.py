@@ -33,19 +33,21 @@ log = logging.getLogger("bandit_router")
 
 
 class _EventIds:
-    """Unguessable event ids (128 random bits, URL-safe), drawn from os.urandom in bulk."""
+    """Unguessable event ids: the time in ms (12 hex digits, so ids sort by time and a new row
+    lands at the right edge of the database index, not on a random page) and 128 random bits
+    (URL-safe base64, from os.urandom in bulk)."""
 
     def __init__(self, batch: int = 256) -> None:
         self.batch = batch
         self.buf = b""
         self.pos = 0
 
-    def __call__(self) -> str:
+    def __call__(self, now: float) -> str:
         if self.pos >= len(self.buf):
             self.buf, self.pos = os.urandom(16 * self.batch), 0
         raw = self.buf[self.pos:self.pos + 16]
         self.pos += 16
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return f"{int(now * 1000):012x}" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 class UnknownEvent(LookupError):
@@ -96,7 +98,7 @@ class Service:
         With ``record=False`` the decision row is written when the completion ends (one write per
         request instead of an insert and an update); see :meth:`account`."""
         now = time.time()
-        event_id = self._event_id()
+        event_id = self._event_id(now)
         if model is None:
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
                                    max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,

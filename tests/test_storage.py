@@ -406,3 +406,30 @@ async def _run_ops(path: Path, ops: list[tuple], batch_max: int) -> None:
 def test_batched_writes_match_in_order_execution(ops: list[tuple], batch_max: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         asyncio.run(_run_ops(Path(d) / "p.db", ops, batch_max))
+
+
+@pytest.mark.asyncio
+async def test_group_commit_lingers_for_unawaited_writes_only(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[int] = []
+    real = SQLiteStore._write_batch
+
+    def counting(self, db, ops):  # type: ignore[no-untyped-def]
+        batches.append(len(ops))
+        return real(self, db, ops)
+
+    monkeypatch.setattr(SQLiteStore, "_write_batch", counting)
+    s = SQLiteStore(tmp_path / "router.db", linger_s=0.3)
+    await s.start()
+    for i in range(600):  # trickled in over ~60 ms: one commit carries them (multi-row inserts of 256)
+        s.record_decision(decision(f"e{i}", created=float(i)))
+        if i % 50 == 49:
+            await asyncio.sleep(0.005)
+    await wait_until(lambda: sum(batches) >= 600)
+    assert len(batches) <= 2, batches
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await s.record_feedback(feedback("e1"))  # awaited: committed at once, no linger
+    assert loop.time() - t0 < 0.25
+    await s.close()
+    assert count(tmp_path / "router.db", "decisions") == 600

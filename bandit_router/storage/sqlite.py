@@ -44,8 +44,18 @@ SCHEMA_VERSION = 1
 _DECISION_COLS = ("event_id", "created", "category", "model", "x", "prompt_tokens", "expected_cost",
                   "cost_weight", "learn", "stamp", "quality", "cost_usd", "completion_tokens", "status", "tenant")
 _FEEDBACK_COLS = ("event_id", "source", "quality", "kind", "weight", "raw", "created")
-_INSERT_DECISION = (f"INSERT INTO decisions ({', '.join(_DECISION_COLS)}) "
-                    f"VALUES ({', '.join('?' for _ in _DECISION_COLS)})")
+_DECISION_ROW_SQL = f"({', '.join('?' for _ in _DECISION_COLS)})"
+_ROWS_PER_INSERT = 256  # 256 × 15 parameters, well under SQLite's 32,766
+
+
+def _insert_decisions(db: Database, decisions: list[dict[str, Any]]) -> None:
+    """Multi-row INSERTs: one sqlite3_step per 256 rows. ``executemany`` steps once per row, and
+    each step releases and re-takes the GIL, a handoff with the busy event loop every row."""
+    for i in range(0, len(decisions), _ROWS_PER_INSERT):
+        chunk = decisions[i:i + _ROWS_PER_INSERT]
+        sql = (f"INSERT INTO decisions ({', '.join(_DECISION_COLS)}) VALUES "
+               + ", ".join([_DECISION_ROW_SQL] * len(chunk)))
+        db.conn.execute(sql, [d[c] for d in chunk for c in _DECISION_COLS])
 
 
 def _segments(ops: list[Op]) -> Iterator[list[Op]]:
@@ -92,8 +102,8 @@ def _apply(db: Database, ops: list[Op]) -> None:
             state.update((r["key"], r) for r in rows)
         elif op.kind == STATE:
             state.update((r["key"], r) for r in op.data)
-    if decisions:  # the hot path: plain executemany, no per-chunk column discovery
-        db.conn.executemany(_INSERT_DECISION, [[d[c] for c in _DECISION_COLS] for d in decisions])
+    if decisions:  # the hot path: no per-chunk column discovery
+        _insert_decisions(db, decisions)
     if updates:
         # Raw UPDATE: Table.update() costs an extra SELECT per row and raises on a missing row;
         # column names come from the UPDATABLE_FIELDS allowlist, values are bound.
@@ -124,8 +134,8 @@ class SQLiteStore(QueuedStore):
     _SYNCHRONOUS = "FULL"  # a benchmark may override it to compare
 
     def __init__(self, path: str | Path, *, max_queue: int = 100_000, batch_max: int = 2000,
-                 busy_timeout: float = 5.0) -> None:
-        super().__init__(path, max_queue=max_queue, batch_max=batch_max)
+                 busy_timeout: float = 5.0, linger_s: float = 0.01) -> None:
+        super().__init__(path, max_queue=max_queue, batch_max=batch_max, linger_s=linger_s)
         self._busy_ms = int(busy_timeout * 1000)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []

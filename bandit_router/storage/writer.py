@@ -8,6 +8,10 @@ operation's ``result``/``error``), and only then resolves the batch's futures th
 A failing batch never kills the thread.  A sentinel, queued by ``close()`` after every accepted
 operation, stops it.
 
+Group commit: when every operation of a batch is fire-and-forget (decision rows, updates,
+checkpoints: nobody awaits them), the writer lingers ``linger_s`` (10 ms) before committing, so
+one transaction carries many rows instead of one each; an awaited write (feedback) never waits.
+
 Backpressure: the enqueueing calls raise ``StoreOverloaded`` when the queue is full (nothing is
 queued, nothing is dropped silently); ``flush``/``expire_decisions``/``close`` wait for room.
 """
@@ -20,6 +24,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,11 +93,13 @@ class QueuedStore:
     ``_write_batch(conn, ops)``, ``_close_writer(conn)`` and ``_close_readers()``.
     """
 
-    def __init__(self, path: str | Path, *, max_queue: int = 100_000, batch_max: int = 2000) -> None:
-        if max_queue < 1 or batch_max < 1:
-            raise ValueError("max_queue and batch_max must be >= 1")
+    def __init__(self, path: str | Path, *, max_queue: int = 100_000, batch_max: int = 2000,
+                 linger_s: float = 0.01) -> None:
+        if max_queue < 1 or batch_max < 1 or not 0.0 <= linger_s <= 1.0:
+            raise ValueError("max_queue and batch_max must be >= 1, linger_s in [0, 1]")
         self.path = Path(path)
         self.batch_max = batch_max
+        self.linger_s = linger_s
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
         self._state = "new"  # new -> running -> closing -> closed
@@ -219,11 +226,12 @@ class QueuedStore:
         try:
             while True:
                 batch = [self._q.get()]
-                while len(batch) < self.batch_max and batch[-1] is not _STOP:
-                    try:
-                        batch.append(self._q.get_nowait())
-                    except queue.Empty:
-                        break
+                self._drain(batch)
+                if self.linger_s and len(batch) < self.batch_max and batch[-1] is not _STOP and all(
+                        op.fut is None for op in batch):
+                    # nobody awaits these writes: wait a moment so one commit carries many of them
+                    time.sleep(self.linger_s)
+                    self._drain(batch)
                 stop = batch[-1] is _STOP
                 ops: list[Op] = batch[:-1] if stop else batch
                 if ops:
@@ -238,6 +246,13 @@ class QueuedStore:
                     return
         finally:
             self._close_writer(conn)
+
+    def _drain(self, batch: list[Any]) -> None:
+        while len(batch) < self.batch_max and batch[-1] is not _STOP:
+            try:
+                batch.append(self._q.get_nowait())
+            except queue.Empty:
+                return
 
     def _settle(self, ops: list[Op]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, _Settled] = {}
