@@ -90,6 +90,10 @@ class Decision:
     stamp: float | None = None  # when it was learned, in the posterior's log-weight units
 
 
+class TooManyCategories(ValueError):
+    """A new category name beyond ``max_categories`` (a caller inventing names without bound)."""
+
+
 class _Category:
     __slots__ = ("name", "arms", "out", "serves", "last_t", "penalty", "out_cost")
 
@@ -119,6 +123,8 @@ class Router:
         self.index: dict[str, int] = {}
         self.enabled = np.zeros(0, dtype=bool)
         self.max_context = np.zeros(0)  # context window per model (inf: unknown)
+        self._min_context = math.inf
+        self._fits_all = np.zeros(0, dtype=bool)  # the "no model is too small" mask, shared
         self._cats: dict[str, _Category] = {}
         self._epochs: dict[str, int] = {}  # per category: the arms' storage epoch last persisted
         self._rng = np.random.default_rng(self.settings.seed)
@@ -150,6 +156,8 @@ class Router:
         self.prices.set(spec.name, spec.price)
         self.enabled = np.append(self.enabled, spec.enabled)
         self.max_context = np.append(self.max_context, spec.max_context_tokens or np.inf)
+        self._fits_all = np.zeros(len(self.max_context), dtype=bool)
+        self._min_context = float(self.max_context.min())
         for cat in self._cats.values():
             self._add_arm(cat, spec)
         self._z = np.zeros((0, len(self.specs)))
@@ -182,7 +190,9 @@ class Router:
         cat = self._cats.get(name)
         if cat is None:
             if len(self._cats) >= self.max_categories:
-                raise ValueError(f"category: {name!r} would exceed max_categories={self.max_categories}")
+                raise TooManyCategories(
+                    f"category: {name!r} is new and this router already keeps {len(self._cats)} categories, its "
+                    f"limit (max_categories={self.max_categories}); use one of: {', '.join(sorted(self._cats))}")
             cat = self._cats[name] = _Category(name, self.dim)
             for spec in self.specs:
                 self._add_arm(cat, spec)
@@ -218,8 +228,12 @@ class Router:
     def decide(self, messages: Sequence[Message], *, category: str | None = None,
                cost_weight: float | None = None, exclude: Iterable[str] = (),
                max_cost_usd: float | None = None, max_output_tokens: int | None = None,
-               event_id: str | None = None, timestamp: float | None = None) -> Decision:
+               event_id: str | None = None, timestamp: float | None = None, model: str | None = None) -> Decision:
         """Choose a model for a chat request (``category`` inferred when not given).
+
+        ``model`` forces the choice (a pass-through request): only that model is eligible, whether
+        or not it serves the category (the caller asked for it), as long as the request fits its
+        context window.
 
         Not eligible: disabled models, ``exclude``, models whose context window is smaller than the
         prompt plus ``max_output_tokens``, and (when given) models whose expected cost exceeds
@@ -230,16 +244,22 @@ class Router:
         eligible = None
         excluded = list(exclude)
         needed = tokens + (max_output_tokens or 0)
-        too_long = self.max_context < needed
-        if excluded or too_long.any():
+        # the scalar test first: most requests fit every window, and this is the hot path
+        too_long = self.max_context < needed if needed > self._min_context else self._fits_all
+        if model is not None:
+            eligible = np.zeros(len(self.specs), dtype=bool)
+            eligible[self._model_index(model)] = True
+            eligible &= ~too_long
+        elif excluded or too_long is not self._fits_all:
             eligible = ~too_long
             for m in excluded:
                 eligible[self._model_index(m)] = False
         try:
             return self.decide_features(x, cat, tokens, cost_weight=cost_weight, eligible=eligible,
-                                        max_cost_usd=max_cost_usd, event_id=event_id, timestamp=timestamp)
+                                        max_cost_usd=max_cost_usd, event_id=event_id, timestamp=timestamp,
+                                        forced=model is not None)
         except NoEligibleModel:
-            if too_long.any():
+            if too_long is not self._fits_all and too_long.any():
                 short = ", ".join(m for m, t in zip(self.models, too_long, strict=True) if t)
                 raise NoEligibleModel(f"no eligible model: the request needs about {needed} tokens of context, "
                                       f"more than {short} take, and no other model may serve it") from None
@@ -251,8 +271,10 @@ class Router:
     def decide_features(self, x: np.ndarray, category: str, prompt_tokens: float, *,
                         cost_weight: float | None = None, eligible: np.ndarray | None = None,
                         max_cost_usd: float | None = None, event_id: str | None = None,
-                        timestamp: float | None = None) -> Decision:
-        """The hot path: one Thompson draw per arm, minus the cost penalty, best eligible arm."""
+                        timestamp: float | None = None, forced: bool = False) -> Decision:
+        """The hot path: one Thompson draw per arm, minus the cost penalty, best eligible arm.
+
+        ``forced``: ``eligible`` alone decides (the category's serving and enablement are ignored)."""
         cat = self._cats.get(category) or self._category(category)
         if self._zi >= len(self._z):
             self._z = self._rng.standard_normal((1024, len(self.specs)))
@@ -267,7 +289,7 @@ class Router:
             ok = np.ones(len(costs), dtype=bool) if eligible is None else eligible.copy()
             if max_cost_usd is not None:
                 ok &= costs <= max_cost_usd
-            penalty = np.where(ok, penalty, -np.inf)
+            penalty = np.where(ok, 0.0 if forced else penalty, -np.inf)
         w = self.settings.cost_weight if cost_weight is None else cost_weight
         k, scores = choose(q, costs, w, penalty)
         return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), float(costs[k]), w,
@@ -363,7 +385,8 @@ class Router:
         arm (its sums, prior, change detector and output-length estimate), as bytes."""
         cat = self._category(category)
         if model is None:
-            return cat.arms.export_category().tobytes()
+            clock = math.nan if cat.last_t is None else cat.last_t
+            return np.concatenate([cat.arms.export_category(), [clock]]).tobytes()
         k = self._model_index(model)
         out = np.array([cat.out.mean[k], cat.out.n[k]])
         return np.concatenate([out, cat.arms.export_arm(k)]).tobytes()
@@ -377,7 +400,10 @@ class Router:
             kind, _, rest = key.partition(":")
             v = np.frombuffer(blob, dtype=np.float64)
             if kind == "category":
-                self._category(rest).arms.import_category(v)
+                cat = self._category(rest)
+                cat.arms.import_category(v)
+                if len(v) > 3 and not math.isnan(v[3]):  # the forgetting clock (absent in older states)
+                    cat.last_t = float(v[3])
                 touched.add(rest)
             elif kind == "arm":
                 category, _, model = rest.partition(":")

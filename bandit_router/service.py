@@ -105,9 +105,8 @@ class Service:
                                    event_id=event_id, timestamp=now)
             learn = True
         else:
-            others = [m for m in self.router.models if m != model]
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
-                                   exclude=others, max_output_tokens=hints.max_output_tokens,
+                                   model=model, max_output_tokens=hints.max_output_tokens,
                                    event_id=event_id, timestamp=now)
             learn = False
         t = _Tracked(d, learn, signals={}, created=now, recorded=record)
@@ -223,7 +222,7 @@ class Service:
 
     # -- feedback ----------------------------------------------------------------------------
     async def _lookup(self, event_id: str) -> _Tracked:
-        t = self._tracked.get(event_id)
+        t = self._tracked.get(event_id) or self._inflight.get(event_id)
         if t is None:
             row = await self.store.get_decision(event_id)
             if row is None or row.model not in self.router.index:
@@ -247,9 +246,14 @@ class Service:
             raise ExpiredEvent(f"event_id: {event_id!r} is past the feedback window "
                                f"({self.config.feedback.window_s:g} s)")
         assert t.signals is not None
+        if not self.store.has_room(3):  # checked before learning: a 503 must leave the posterior as it was
+            raise StoreOverloaded("storage write queue is full")
+        d = t.decision
+        if not t.recorded:  # feedback during the call (a stream): the decision row goes first
+            self.store.record_decision(self._row(t))
+            t.recorded = True
         t.signals[signal.source] = signal
         quality = combine(t.signals.values())
-        d = t.decision
         state: list[StateRow] = []
         if t.learn:
             self.router.learn(d, quality, now=now)

@@ -23,7 +23,7 @@ from ..service import Service
 from ..storage import open_store
 from . import admin, handlers
 from .errors import error_middleware
-from .keys import CONFIG, DB_PATH, SERVICE
+from .keys import CONFIG, DB_PATH, SCHEDULER, SERVICE
 
 log = logging.getLogger("bandit_router")
 
@@ -66,10 +66,20 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
     cfg = app[CONFIG].scheduler
     scheduler = AsyncIOScheduler()
-    scheduler.add_job(service.checkpoint, "interval", seconds=cfg.checkpoint_s, id="checkpoint")
+
+    # Coroutines, so they run on the event loop: apscheduler runs a plain function on a worker
+    # thread, where it would race the handlers over the posteriors.
+    async def checkpoint() -> None:
+        service.checkpoint()
+
+    async def forget() -> None:
+        service.forget()
+
+    scheduler.add_job(checkpoint, "interval", seconds=cfg.checkpoint_s, id="checkpoint")
     scheduler.add_job(service.expire, "interval", seconds=cfg.expiry_s, id="expire")
     if app[CONFIG].bandit.half_life_seconds is not None:
-        scheduler.add_job(service.forget, "interval", seconds=cfg.forget_s, id="forget")
+        scheduler.add_job(forget, "interval", seconds=cfg.forget_s, id="forget")
+    app[SCHEDULER] = scheduler
     scheduler.start()
     try:
         yield

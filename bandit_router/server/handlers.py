@@ -13,7 +13,7 @@ from feedback import SignalError, parse_feedback
 
 from ..policy import NoEligibleModel
 from ..providers import UpstreamError
-from ..router import Decision
+from ..router import Decision, TooManyCategories
 from ..service import ExpiredEvent, Hints, UnknownEvent
 from ..storage.base import StoreOverloaded
 from .errors import error, validation_error
@@ -124,6 +124,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         d = service.decide(messages, hints, model=None if req.model == "auto" else req.model, record=False)
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")
+    except TooManyCategories as e:
+        return error(422, str(e), param="router.category", code="too_many_categories")
     upstream = body
     if req.stream:
         resp = web.StreamResponse(headers={**_headers(d), "Content-Type": "text/event-stream",
@@ -164,6 +166,8 @@ async def route(request: web.Request) -> web.Response:
         d = service.decide(_messages(req.messages), Hints(category=req.category, cost_weight=req.cost_weight))
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")
+    except TooManyCategories as e:
+        return error(422, str(e), param="category", code="too_many_categories")
     except StoreOverloaded:
         return error(503, "the router's storage queue is full; retry shortly", code="overloaded")
     out = {"event_id": d.event_id, "model": d.model, "category": d.category,

@@ -99,6 +99,9 @@ class Store(Protocol):
     def queue_depth(self) -> int:
         """Operations queued and not yet taken by the writer."""
 
+    def has_room(self, n: int = 1) -> bool:
+        """Whether ``n`` more operations can be queued right now without ``StoreOverloaded``."""
+
     @property
     def failed_writes(self) -> int:
         """Operations the writer could not store (logged); fire-and-forget ones are lost."""

@@ -164,6 +164,11 @@ class QueuedStore:
     def queue_depth(self) -> int:
         return self._q.qsize()
 
+    def has_room(self, n: int = 1) -> bool:
+        """Whether ``n`` more operations fit in the queue now. Only the event loop enqueues, so a
+        check followed by enqueueing with no ``await`` between cannot be overtaken."""
+        return self._q.qsize() + n <= self._q.maxsize
+
     @property
     def failed_writes(self) -> int:
         return self._failed

@@ -1,0 +1,136 @@
+"""Service edge cases found in review, in process against a real app and the simulator on loopback:
+scheduled jobs on the loop, overload leaves the posterior alone, feedback for in-flight decisions,
+bounded categories, pass-through to a category-restricted model, the forgetting clock persisted."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from bandit_router.config import parse_config
+from bandit_router.costs import Price
+from bandit_router.providers.base import Usage
+from bandit_router.router import BanditSettings, ModelSpec, Router
+from bandit_router.server import make_app
+from bandit_router.server.keys import SCHEDULER, SERVICE
+from bandit_router.service import Hints
+from bandit_router.simulator import make_app as make_simulator
+
+CODING = [{"role": "user", "content": "Write a Python function that sorts a list."}]
+CHAT = [{"role": "user", "content": "Tell me about the weather in spring."}]
+
+
+@pytest_asyncio.fixture
+async def stack(aiohttp_server, aiohttp_client, tmp_path):
+    sim = await aiohttp_server(make_simulator(seed=3))
+    models = [{"name": n, "base_url": f"http://127.0.0.1:{sim.port}/v1", "input_price": 1.0, "output_price": 2.0}
+              for n in ("gpt-5.4", "glm-5")]
+    models[1]["categories"] = ["coding"]  # glm-5 serves coding only
+    cfg = parse_config({"models": models, "bandit": {"seed": 1, "half_life_seconds": 3600.0}})
+    app = make_app(cfg, db_path=tmp_path / "integrity.db")
+    client = await aiohttp_client(app)
+    return client, app
+
+
+@pytest.mark.asyncio
+async def test_scheduled_jobs_are_coroutines_run_on_the_loop(stack):
+    _, app = stack
+    jobs = app[SCHEDULER].get_jobs()
+    assert {j.id for j in jobs} == {"checkpoint", "expire", "forget"}
+    for job in jobs:  # a plain function would run on apscheduler's thread pool, racing the handlers
+        assert asyncio.iscoroutinefunction(job.func), job.id
+
+
+@pytest.mark.asyncio
+async def test_overloaded_feedback_is_refused_before_learning(stack):
+    client, app = stack
+    service = app[SERVICE]
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
+    eid, model = r.headers["X-Router-Event-Id"], r.headers["X-Router-Model"]
+    await service.store.flush()
+    before = service.router.arm_stats()["coding"][model]
+    q = service.store._q
+    saved, q.maxsize = q.maxsize, max(q.qsize(), 1)
+    try:
+        r = await client.post("/v1/feedback", json={"event_id": eid, "score": 1.0})
+        assert r.status == 503 and "not recorded" in (await r.json())["error"]["message"]
+        assert service.router.arm_stats()["coding"][model] == before  # nothing learned
+    finally:
+        q.maxsize = saved
+    r = await client.post("/v1/feedback", json={"event_id": eid, "score": 1.0})
+    assert r.status == 200
+    assert service.router.arm_stats()["coding"][model]["observations"] == before["observations"] + 1
+
+
+@pytest.mark.asyncio
+async def test_feedback_for_an_in_flight_decision_writes_its_row_first(stack):
+    _, app = stack
+    service = app[SERVICE]
+    service.cache_size = 2
+    d = service.decide(CODING, Hints(), record=False)  # as a streamed call: the row is written at the end
+    for _ in range(5):  # push it out of the LRU; it stays in flight
+        service.decide(CODING, Hints())
+    assert d.event_id not in service._tracked
+    out = await service.feedback(d.event_id, *_signal(0.9))
+    assert out["learned"] and out["decision_quality"] == pytest.approx(0.9)
+    row = await service.store.get_decision(d.event_id)
+    assert row is not None and row.quality == pytest.approx(0.9)
+    service.account(d, Usage(10, 5, 0))
+    await service.store.flush()
+    row = await service.store.get_decision(d.event_id)
+    assert row.status == "completed" and row.quality == pytest.approx(0.9) and row.completion_tokens == 5
+
+
+def _signal(q: float):
+    from feedback import parse_feedback
+
+    body = {"event_id": "x", "score": q}
+    return parse_feedback(body), body
+
+
+@pytest.mark.asyncio
+async def test_new_category_names_are_bounded(stack):
+    client, app = stack
+    service = app[SERVICE]
+    service.router.max_categories = len(service.router.arm_stats()) + 1
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CHAT},
+                          headers={"X-Router-Category": "team-a"})
+    assert r.status == 200 and r.headers["X-Router-Category"] == "team-a"
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CHAT},
+                          headers={"X-Router-Category": "team-b"})
+    body = await r.json()
+    assert r.status == 422 and "max_categories" in body["error"]["message"]
+    assert body["error"]["param"] == "router.category"
+    r = await client.post("/v1/route", json={"messages": CHAT, "category": "team-c"})
+    assert r.status == 422 and (await r.json())["error"]["param"] == "category"
+
+
+@pytest.mark.asyncio
+async def test_pass_through_to_a_category_restricted_model(stack):
+    client, _ = stack
+    r = await client.post("/v1/chat/completions", json={"model": "glm-5", "messages": CHAT})
+    assert r.status == 200, await r.text()
+    assert r.headers["X-Router-Model"] == "glm-5" and r.headers["X-Router-Category"] != "coding"
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CHAT})
+    assert r.headers["X-Router-Model"] == "gpt-5.4"  # auto never picks glm-5 outside coding
+
+
+def test_forgetting_clock_survives_export_and_import():
+    settings = BanditSettings(seed=0, half_life_seconds=100.0, half_life_events=None)
+    a = Router([ModelSpec("m1", Price(1, 2)), ModelSpec("m2", Price(1, 2))], settings)
+    for t in range(5):
+        d = a.decide(CODING, timestamp=1000.0 + t)
+        a.learn(d, 1.0, now=1000.0 + t)
+    b = Router([ModelSpec("m1", Price(1, 2)), ModelSpec("m2", Price(1, 2))], settings)
+    b.import_state(a.dirty_states())
+    a.forget(1104.0)
+    b.forget(1104.0)  # 100 s after the last decay: one half-life, in both
+    for m in ("m1", "m2"):
+        na = a.arm_stats()["coding"][m]["effective_observations"]
+        nb = b.arm_stats()["coding"][m]["effective_observations"]
+        assert nb == pytest.approx(na) and np.isfinite(nb)
+    closed_form = 0.5 * sum(2 ** (-(4 - t) / 100) for t in range(5))  # each learn decayed, then 100 s more
+    assert sum(s["effective_observations"] for s in b.arm_stats()["coding"].values()) == pytest.approx(closed_form)
