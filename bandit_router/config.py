@@ -47,8 +47,9 @@ class ModelConfig(_Strict):
     enabled: bool = True
     max_context_tokens: int | None = Field(None, gt=0, description="too small for a request: not eligible")
     max_output_tokens: int | None = Field(None, gt=0, description="a request's max_tokens is capped at this")
-    timeout_s: float = Field(120.0, gt=0.0)
+    timeout_s: float = Field(120.0, gt=0.0, description="total time for one upstream call")
     connect_timeout_s: float = Field(10.0, gt=0.0)
+    first_byte_timeout_s: float = Field(60.0, gt=0.0, description="until the upstream's response headers")
 
     @field_validator("base_url")
     @classmethod
@@ -131,6 +132,33 @@ class GradingConfig(_Strict):
         return self
 
 
+class ReliabilityConfig(_Strict):
+    """Retries, fallback and circuit breakers for upstream failures (5xx, 429, timeouts, refused
+    connections)."""
+
+    retries: int = Field(1, ge=0, le=5, description="retries on the same model before falling back")
+    backoff_s: float = Field(0.05, ge=0.0, description="first backoff; doubled per retry, with full jitter")
+    backoff_max_s: float = Field(2.0, ge=0.0)
+    retry_after_max_s: float = Field(5.0, ge=0.0, description="a longer Retry-After falls back instead of waiting")
+    fallbacks: int = Field(2, ge=0, description="other models tried, next-best first, after the chosen one fails")
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a model's breaker")
+    breaker_cooldown_s: float = Field(30.0, gt=0.0, description="open this long, then one half-open probe")
+    failure_quality: float | None = Field(
+        None, ge=0.0, le=1.0, description="learn a failed call as this quality (null: failures are not learned)")
+
+
+class AdminConfig(_Strict):
+    token: str | None = Field(None, min_length=16, description="bearer token for /admin/*; the environment "
+                              "variable BANDIT_ROUTER_ADMIN_TOKEN takes precedence")
+
+
+class AuthConfig(_Strict):
+    """Optional client API keys for /v1/*: with none configured, /v1/* is open."""
+
+    api_keys: list[str] = Field(default_factory=list, description="accepted bearer tokens (prefer api_keys_env)")
+    api_keys_env: str | None = Field(None, description="environment variable with comma-separated keys")
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -146,6 +174,9 @@ class RouterConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     grading: GradingConfig = Field(default_factory=GradingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> RouterConfig:
