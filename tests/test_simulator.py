@@ -180,6 +180,24 @@ async def test_fail_rate_gives_500s(http: TestClient, sdk: openai.AsyncOpenAI) -
     assert state["requests"] == 401 and state["failures"] == failed + 1 and state["completions"] == 400 - failed
 
 
+@pytest.mark.asyncio
+async def test_hang_rate_holds_the_response_then_504(http: TestClient) -> None:
+    await set_model(http, "gpt-5.4", {"hang_rate": 0.5, "hang_s": 0.3})
+    loop = asyncio.get_running_loop()
+
+    async def timed(i: int) -> tuple[int, float]:
+        t0 = loop.time()
+        r = await http.post("/v1/chat/completions", json={"model": "gpt-5.4", "messages": msgs(f"h{i}")})
+        return r.status, loop.time() - t0
+
+    out = await asyncio.gather(*[timed(i) for i in range(60)])
+    hung = [t for status, t in out if status == 504]
+    assert 15 <= len(hung) <= 45 and min(hung) >= 0.29
+    assert all(status == 200 for status, _ in out if status != 504)
+    state = (await (await http.get("/admin/models")).json())["models"]["gpt-5.4"]
+    assert state["hangs"] == len(hung) and state["hang_rate"] == 0.5
+
+
 # --- grading protocol and correctness ------------------------------------------------------------
 
 def test_grade_protocol() -> None:

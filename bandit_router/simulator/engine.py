@@ -50,9 +50,10 @@ class SimError(Exception):
     """A request the simulated provider answers with an OpenAI-style error."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, delay_s: float = 0.0) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.delay_s = delay_s  # a hang: the error is sent only after this long
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -71,6 +72,8 @@ class AdminUpdate(StrictModel):
     quality_scale: float | None = Field(default=None, ge=0.0)
     price: PricePatch | None = None
     fail_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    hang_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    hang_s: float | None = Field(default=None, gt=0.0)
     latency_scale: float | None = Field(default=None, ge=0.0)
     available: bool | None = None
 
@@ -99,6 +102,7 @@ class ModelState:
     requests: int = 0
     completions: int = 0
     failures: int = 0
+    hangs: int = 0
     correct: int = 0
     by_category: dict[str, dict[str, int]] = field(default_factory=dict)
     prefixes: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
@@ -190,6 +194,10 @@ class Simulator:
             state.failures += 1
             raise SimError(500, "The server had an error while processing your request. Sorry about that!",
                            "server_error", code="simulated_failure")
+        if state.spec.hang_rate and rng.random() < state.spec.hang_rate:  # drawn only when set: seeds keep
+            state.hangs += 1
+            raise SimError(504, f"The model `{model}` timed out.", "server_error", code="simulated_hang",
+                           delay_s=state.spec.hang_s)
         p = state.p(category)
         if p is None and self.profile.unserved == "error":
             raise SimError(400, f"The model `{model}` does not support {category} requests.",
@@ -243,6 +251,10 @@ class Simulator:
                 setattr(state, name, getattr(change, name))
         if change.fail_rate is not None:
             spec.fail_rate = change.fail_rate
+        if change.hang_rate is not None:
+            spec.hang_rate = change.hang_rate
+        if change.hang_s is not None:
+            spec.hang_s = change.hang_s
         if change.available is not None:
             spec.available = change.available
 
@@ -256,6 +268,7 @@ class Simulator:
                 "quality": {c: s.p(c) for c in self.profile.categories},
                 "profile_quality": {c: base.p(c) for c in self.profile.categories},
                 "quality_scale": s.quality_scale, "fail_rate": s.spec.fail_rate,
+                "hang_rate": s.spec.hang_rate, "hang_s": s.spec.hang_s, "hangs": s.hangs,
                 "price": s.spec.price.model_dump(exclude={"assumption"}),
                 "latency": {"ttft_ms": s.spec.latency.ttft_ms, "tokens_per_s": s.spec.latency.tokens_per_s,
                             "latency_scale": s.latency_scale},

@@ -19,6 +19,7 @@ one required number, e.g. ``coding: 0.8`` for ``coding: {p: 0.8}``)::
         owned_by: str
         available: bool             # false: 404 "deprecated", as a retired model
         fail_rate: float in [0, 1]  # share of requests answered with a 500 error
+        hang_rate: float in [0, 1]  # share of requests that hang hang_s (60) seconds, then get a 504
         notes: str | null
         quality: {category: {p: float in [0,1] | null, benchmark, source, assumption}}
         price: {input, output, cached_input | null, assumption}     # $ per 1M tokens
@@ -91,6 +92,8 @@ class ModelProfile(StrictModel):
     owned_by: str = "simulator"
     available: bool = True
     fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    hang_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    hang_s: float = Field(default=60.0, gt=0.0)
     notes: str | None = None
     quality: dict[str, ScoreIn]
     price: PriceSpec

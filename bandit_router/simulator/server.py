@@ -14,7 +14,8 @@ Endpoints
     Live state: effective quality per category, price, fail rate, latency, request counters.
 ``POST /admin/models/{name}``
     Drift, at once: ``{"quality": {"coding": 0.3}, "quality_scale": 0.5, "price": {"input": 1,
-    "output": 4}, "fail_rate": 0.3, "latency_scale": 2, "available": false}`` (any subset).
+    "output": 4}, "fail_rate": 0.3, "hang_rate": 0.1, "hang_s": 60, "latency_scale": 2, "available": false}``
+    (any subset). ``hang_rate``: that share of requests send nothing for ``hang_s``, then a 504.
 ``POST /admin/settings`` ``{"latency_scale": 0}`` (global) and ``POST /admin/reset``.
 
 Errors are OpenAI error objects ``{"error": {"message", "type", "param", "code"}}``: 400 for a body
@@ -237,6 +238,8 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except SimError as e:
+        if e.delay_s:
+            await asyncio.sleep(e.delay_s)  # a hang: nothing is sent until then
         return web.json_response(e.body(), status=e.status)
     except web.HTTPException as e:
         if e.status < 400:
