@@ -10,8 +10,15 @@ import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
-from anthropic_server import FAILURES, REQUESTS, make_anthropic_app  # tests/ is on sys.path under pytest
+from anthropic_server import (  # tests/ is on sys.path under pytest
+    FAILURES,
+    REQUESTS,
+    answer,
+    make_anthropic_app,
+    stream_events,
+)
 
 from bandit_router.procs import free_port
 from bandit_router.providers.anthropic import AnthropicProvider, ChunkTranslator, from_message, to_messages
@@ -317,30 +324,85 @@ async def test_error_event_mid_stream(upstream: TestServer, session: aiohttp.Cli
 
 
 @pytest.mark.asyncio
-async def test_bad_key_is_401_without_the_key(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_bad_key_is_a_502_without_the_key(upstream: TestServer, session: aiohttp.ClientSession,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The router's upstream key is wrong: the client must not get a 401 (which blames *its* key)."""
     wrong = "sk-ant-wrong-key-987654321"
     p = make(session, upstream, api_key=wrong)
-    for attempt in (p.complete({"messages": [user("hi")]}), collect(p, {"messages": [user("hi")]})):
+    for attempt in (lambda: p.complete({"messages": [user("hi")]}), lambda: collect(p, {"messages": [user("hi")]})):
         with pytest.raises(UpstreamError) as e:
-            await attempt
-        assert e.value.status == 401 and not e.value.retryable and "authentication_error" in e.value.message
+            await attempt()
+        assert (e.value.status, e.value.upstream_status, e.value.retryable) == (502, 401, False)
+        assert "rejected the router's request (status 401)" in e.value.message
         assert wrong not in e.value.message and wrong not in str(e.value)
+    assert "authentication_error" in caplog.text and wrong not in caplog.text  # the operator sees why
 
 
-@pytest.mark.parametrize("status, reported, retryable, needle", [
-    (529, 502, True, "overloaded_error"), (500, 502, True, "api_error"), (429, 429, True, "rate_limit_error"),
-    (400, 400, False, "invalid_request_error"), (403, 403, False, "permission_error")])
+@pytest.mark.parametrize("status, reported, retryable, needle, detail", [
+    (529, 502, True, "overloaded_error", True), (500, 502, True, "api_error", True),
+    (429, 429, True, "rate_limit_error", True), (400, 400, False, "invalid_request_error", True),
+    (413, 400, False, "request_too_large", True), (404, 502, False, "rejected the router's request (status 404)", True),
+    (403, 502, False, "rejected the router's request (status 403)", False)])
 @pytest.mark.asyncio
 async def test_status_mapping(upstream: TestServer, session: aiohttp.ClientSession, status: int, reported: int,
-                              retryable: bool, needle: str) -> None:
+                              retryable: bool, needle: str, detail: bool, caplog: pytest.LogCaptureFixture) -> None:
     p = make(session, upstream)
     for attempt in (lambda: p.complete({"messages": [user("hi")]}), lambda: collect(p, {"messages": [user("hi")]})):
         upstream.app[FAILURES].append((status, f"failure {status} for {KEY}"))
         with pytest.raises(UpstreamError) as e:
             await attempt()
-        assert (e.value.status, e.value.retryable) == (reported, retryable)
-        assert needle in e.value.message and f"failure {status}" in e.value.message and "request-id" in e.value.message
-        assert KEY not in e.value.message  # even if the upstream echoes it
+        assert (e.value.status, e.value.retryable, e.value.upstream_status) == (reported, retryable, status)
+        assert needle in e.value.message
+        if detail:  # the upstream's message and request id, except for credential problems (logged instead)
+            assert f"failure {status}" in e.value.message and "request-id" in e.value.message
+        else:
+            assert "failure" not in e.value.message and f"failure {status}" in caplog.text
+        assert KEY not in e.value.message and KEY not in caplog.text  # even if the upstream echoes it
+
+
+@pytest.mark.asyncio
+async def test_key_straddling_the_cut_does_not_leak(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+    """Error bodies are scrubbed before they are cut to 500 characters: no prefix of the key survives."""
+    p = make(session, upstream)
+    upstream.app[FAILURES].append((400, "x" * 428 + f" echo {KEY} and more text after it"))  # key at ~500
+    with pytest.raises(UpstreamError) as e:
+        await p.complete({"messages": [user("hi")]})
+    assert e.value.status == 400 and "[redacted]" in e.value.message and KEY[:8] not in e.value.message
+
+
+def _truncated_app(mutate: Any) -> web.Application:
+    """Streams the local server's events for an "Echo" answer, passed through ``mutate`` first."""
+    async def messages(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in mutate(stream_events(answer(body, "msg_1"))):
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+@pytest.mark.parametrize("mutate, needle, retryable", [
+    (lambda events: events[:-1], "ended the stream before message_stop", True),  # message_stop missing
+    (lambda events: events[:3] + [b"event: content_block_delta\ndata: {not json\n\n"] + events[3:],
+     "sent an invalid stream event", False),
+    (lambda events: events[:3] + [b"event: x\ndata: [1, 2]\n\n"] + events[3:], "sent an invalid stream event", False),
+])
+@pytest.mark.asyncio
+async def test_stream_cut_short_or_garbled_is_an_upstream_error(aiohttp_server, session: aiohttp.ClientSession,
+                                                                mutate: Any, needle: str, retryable: bool) -> None:
+    p = make(session, await aiohttp_server(_truncated_app(mutate)))
+    result, got = StreamResult(), []
+    with pytest.raises(UpstreamError) as e:
+        async for c in p.stream({"messages": [user("one two three")]}, result):
+            got.append(c)
+    assert (e.value.status, e.value.retryable) == (502, retryable) and needle in e.value.message
+    assert got and not result.finished  # what was already sent stays sent; the stream is not "finished"
+    assert all(c["choices"][0]["finish_reason"] is None for c in got)  # no made-up finish_reason
 
 
 @pytest.mark.asyncio

@@ -24,13 +24,24 @@ responses and SSE events → ``chat.completion`` / ``chat.completion.chunk``. Tr
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
-from .base import Completion, StreamResult, UpstreamError, Usage
+from .base import (
+    Completion,
+    StreamResult,
+    UpstreamError,
+    Usage,
+    cut_short,
+    error_text,
+    http_error,
+    invalid_chunk,
+    transport_error,
+)
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -259,29 +270,20 @@ class AnthropicProvider:
         return orjson.dumps(to_messages(body, self.upstream_model, default_max_tokens=self.default_max_tokens,
                                         stream=stream))
 
-    def _failure(self, status: int, kind: str, msg: str, request_id: str | None = None) -> UpstreamError:
-        """429, 408, 409 and 5xx (529 overloaded) are retryable; 5xx are reported as 502. No secrets."""
-        text = f"upstream {self.name} answered {status} {kind}: {msg}" + (f" (request-id {request_id})"
-                                                                          if request_id else "")
-        text = text.replace(self._api_key, "[redacted]") if self._api_key else text
-        retryable = status in (408, 409, 429) or status >= 500
-        return UpstreamError(status if status < 500 else 502, text, retryable=retryable)
+    def _failure(self, status: int, kind: str, msg: str, request_id: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> UpstreamError:
+        """Mapped by :func:`~.base.http_error` (529 overloaded is a retryable 502); no secrets."""
+        detail = f"{kind}: {msg}" + (f" (request-id {request_id})" if request_id else "")
+        return http_error(self.name, status, detail, headers=headers, secret=self._api_key)
 
     async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
-        text = (await resp.text(errors="replace"))[:500]
+        text = await error_text(resp)
         try:
             err = orjson.loads(text)["error"]
             kind, msg = str(err.get("type") or "error"), str(err["message"])
         except Exception:  # noqa: BLE001 - any non-Anthropic error body
             kind, msg = "error", text or resp.reason or "no body"
-        return self._failure(resp.status, kind, msg, resp.headers.get("request-id"))
-
-    def _wrap(self, e: BaseException) -> UpstreamError:
-        if isinstance(e, TimeoutError):  # before ClientError: aiohttp's timeouts are both
-            return UpstreamError(504, f"upstream {self.name} timed out", retryable=True)
-        if isinstance(e, orjson.JSONDecodeError):
-            return UpstreamError(502, f"upstream {self.name} sent invalid JSON")
-        return UpstreamError(502, f"upstream {self.name} unreachable: {type(e).__name__}", retryable=True)
+        return self._failure(resp.status, kind, msg, resp.headers.get("request-id"), resp.headers)
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         payload = self._payload(body, False)
@@ -290,13 +292,20 @@ class AnthropicProvider:
                 if resp.status != 200:
                     raise await self._error(resp)
                 data = orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as e:
-            raise self._wrap(e) from None
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise transport_error(self.name, e) from None
+        except orjson.JSONDecodeError:
+            raise invalid_chunk(self.name, "JSON body") from None
+        if not isinstance(data, dict):
+            raise invalid_chunk(self.name, "JSON body")
         return from_message(data, self.name)
 
     async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[dict[str, Any]]:
         """Yield ``chat.completion.chunk`` objects; usage goes into ``result`` (and into a final
-        ``choices: []`` chunk only if the client asked for ``stream_options.include_usage``)."""
+        ``choices: []`` chunk only if the client asked for ``stream_options.include_usage``).
+        ``result.finished`` only after ``message_stop``; a stream closed before it, an event that is
+        not a JSON object or an ``error`` event raise :class:`UpstreamError` (after the chunks already
+        yielded)."""
         t = ChunkTranslator(self.name, include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
         payload = self._payload(body, True)
         try:
@@ -304,6 +313,8 @@ class AnthropicProvider:
                 if resp.status != 200:
                     raise await self._error(resp)
                 async for event in sse_events(resp.content):
+                    if not isinstance(event, dict):
+                        raise invalid_chunk(self.name, "stream event")
                     for c in t.feed(event):
                         yield c
                     if t.error is not None:
@@ -313,10 +324,11 @@ class AnthropicProvider:
                     if t.done:
                         break
                 else:
-                    raise UpstreamError(502, f"upstream {self.name} ended the stream before message_stop",
-                                        retryable=True)
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as e:
-            raise self._wrap(e) from None
+                    raise cut_short(self.name, "message_stop")
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise transport_error(self.name, e) from None
+        except (orjson.JSONDecodeError, HttpProcessingError):  # bad event JSON; a line over aiohttp's buffer
+            raise invalid_chunk(self.name, "stream event") from None
         result.usage = t.usage
         for c in t.finish():
             yield c

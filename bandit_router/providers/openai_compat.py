@@ -1,5 +1,6 @@
 """Any OpenAI-compatible endpoint: OpenAI, vLLM, Ollama, OpenRouter, Gemini's and GLM's
-OpenAI-compatible APIs, and the simulator. One shared aiohttp ClientSession for all of them."""
+OpenAI-compatible APIs, and the simulator. One shared aiohttp ClientSession for all of them.
+Errors are mapped and scrubbed of the api key by :mod:`.base` (:func:`~.base.http_error`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,19 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
-from .base import Completion, StreamResult, UpstreamError, Usage
+from .base import (
+    Completion,
+    StreamResult,
+    UpstreamError,
+    Usage,
+    cut_short,
+    error_text,
+    http_error,
+    invalid_chunk,
+    transport_error,
+)
 
 
 def _usage(u: dict[str, Any] | None) -> Usage:
@@ -32,6 +44,7 @@ class OpenAICompatProvider:
         self.name = name
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.upstream_model = upstream_model or name
+        self._api_key = api_key or ""
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -50,14 +63,20 @@ class OpenAICompatProvider:
         return orjson.dumps(out)
 
     async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
-        text = (await resp.text())[:500]
+        text = await error_text(resp)
         try:
-            msg = orjson.loads(text)["error"]["message"]
+            msg = str(orjson.loads(text)["error"]["message"])
         except Exception:  # noqa: BLE001 - any non-OpenAI error body
             msg = text or resp.reason or "no body"
-        retryable = resp.status in (408, 409, 429) or resp.status >= 500
-        return UpstreamError(resp.status if resp.status < 500 else 502,
-                             f"upstream {self.name} answered {resp.status}: {msg}", retryable=retryable)
+        return http_error(self.name, resp.status, msg, headers=resp.headers, secret=self._api_key)
+
+    def _stream_error(self, err: Any) -> UpstreamError:
+        """An ``{"error": ...}`` object sent mid-stream (vLLM, OpenRouter, LiteLLM do) → UpstreamError."""
+        err = err if isinstance(err, dict) else {"message": err}
+        code = err.get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+        return http_error(self.name, status, f"{err.get('message') or 'stream error'} (mid-stream)",
+                          secret=self._api_key)
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         try:
@@ -66,18 +85,20 @@ class OpenAICompatProvider:
                 if resp.status != 200:
                     raise await self._error(resp)
                 data = orjson.loads(await resp.read())
-        except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"upstream {self.name} unreachable: {type(e).__name__}", retryable=True) from None
-        except TimeoutError:
-            raise UpstreamError(504, f"upstream {self.name} timed out", retryable=True) from None
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise transport_error(self.name, e) from None
         except orjson.JSONDecodeError:
-            raise UpstreamError(502, f"upstream {self.name} sent invalid JSON") from None
+            raise invalid_chunk(self.name, "JSON body") from None
+        if not isinstance(data, dict):
+            raise invalid_chunk(self.name, "JSON body")
         data["model"] = self.name
         return Completion(data, _usage(data.get("usage")))
 
     async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[dict[str, Any]]:
         """Yield chunk objects; the usage chunk is consumed into ``result`` (and yielded only if the
-        client asked for it with ``stream_options.include_usage``)."""
+        client asked for it with ``stream_options.include_usage``). ``result.finished`` only after
+        ``data: [DONE]``; a stream closed before it, a chunk that is not a JSON object or an error
+        object in the stream raise :class:`UpstreamError` (after the chunks already yielded)."""
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         try:
             async with self.session.post(self.url, data=self._payload(body, True), headers=self._headers,
@@ -91,7 +112,14 @@ class OpenAICompatProvider:
                     data = line[5:].strip()
                     if data == b"[DONE]":
                         break
-                    chunk = orjson.loads(data)
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise invalid_chunk(self.name) from None
+                    if not isinstance(chunk, dict):
+                        raise invalid_chunk(self.name)
+                    if chunk.get("error"):
+                        raise self._stream_error(chunk["error"])
                     chunk["model"] = self.name
                     if chunk.get("usage"):
                         result.usage = _usage(chunk["usage"])
@@ -100,8 +128,10 @@ class OpenAICompatProvider:
                         if not want_usage:
                             chunk.pop("usage", None)
                     yield chunk
-        except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"upstream {self.name} unreachable: {type(e).__name__}", retryable=True) from None
-        except TimeoutError:
-            raise UpstreamError(504, f"upstream {self.name} timed out", retryable=True) from None
+                else:
+                    raise cut_short(self.name, "data: [DONE]")
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise transport_error(self.name, e) from None
+        except HttpProcessingError:  # a line longer than aiohttp's buffer
+            raise invalid_chunk(self.name) from None
         result.finished = True
