@@ -82,15 +82,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .server import make_app
+    from .server.auth import AuthSettings, install_log_redaction, is_loopback
 
     config = load_config(args.config)
+    host = args.host or config.server.host
+    if args.admin_local_only and not is_loopback(host):
+        raise ValueError(f"serve: --admin-local-only needs a loopback --host (127.0.0.1, ::1 or localhost), "
+                         f"not {host!r}; to serve other hosts set BANDIT_ROUTER_ADMIN_TOKEN or admin.token")
     # the storage writer thread shares the GIL with the event loop: hand it back sooner than the
     # default 5 ms, so a batch being written never stalls requests for long
     sys.setswitchinterval(0.0005)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host = args.host or config.server.host
+    # the admin token, client keys and upstream keys never reach the log, whatever a message carries
+    install_log_redaction(AuthSettings.from_config(config).secrets)
     port = args.port if args.port is not None else config.server.port
-    app = make_app(config, db_path=args.db)
+    app = make_app(config, db_path=args.db, admin_local_only=args.admin_local_only)
     loop = None
     try:
         import uvloop
@@ -170,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--db", default=None, help="SQLite file (default: the config's storage.path)")
     s.add_argument("--access-log", action="store_true")
+    s.add_argument("--admin-local-only", action="store_true",
+                   help="serve /admin/* without a token to loopback clients only (needs a loopback --host); "
+                        "otherwise /admin/* needs BANDIT_ROUTER_ADMIN_TOKEN or admin.token")
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("simulate", help="serve simulated providers (the seed article's models) over loopback")

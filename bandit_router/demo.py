@@ -13,6 +13,7 @@ import asyncio
 import json
 import random
 import re
+import secrets
 import tempfile
 import time
 import urllib.request
@@ -28,6 +29,7 @@ import yaml
 from .config import EXAMPLE_CONFIG
 from .costs import Price
 from .procs import free_port, start, stop
+from .server.auth import ADMIN_TOKEN_ENV
 from .simulator.protocol import grade
 
 MIX = {"coding": 0.3, "reasoning": 0.2, "science": 0.2, "computer_use": 0.15, "general": 0.15}
@@ -61,14 +63,16 @@ class Record:
     direct: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> (quality, cost)
 
 
-async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    async with session.post(url, json=body or {}) as r:
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any] | None = None,
+                token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with session.post(url, json=body or {}, headers=headers) as r:
         r.raise_for_status()
         return await r.json()
 
 
 async def _traffic(router_url: str, sim_url: str, n: int, seed: int, prices: dict[str, Price],
-                   concurrency: int, progress) -> tuple[list[Record], list[tuple[int, str]]]:
+                   concurrency: int, progress, admin_token: str) -> tuple[list[Record], list[tuple[int, str]]]:
     import openai
 
     rng = random.Random(seed)
@@ -114,7 +118,7 @@ async def _traffic(router_url: str, sim_url: str, n: int, seed: int, prices: dic
         await asyncio.gather(*(one(i) for i in range(cut1, cut2)))
         top = Counter(r.model for r in records[max(cut1, cut2 - 200):cut2] if r and r.model != regressed).most_common()
         deprecated = top[0][0]
-        await _post(http, f"{router_url}/admin/models/{deprecated}/disable")
+        await _post(http, f"{router_url}/admin/models/{deprecated}/disable", token=admin_token)
         events.append((cut2, f"{deprecated} deprecated"))
         await asyncio.gather(*(one(i) for i in range(cut2, n)))
     await routed.close()
@@ -176,6 +180,7 @@ def run_demo(*, requests: int = 3000, seed: int = 0, db: str = "bandit_router_de
                                          "multiline": True, "ignore_case": True}]}}
     prices = {m["name"]: Price(m["input_price"], m["output_price"]) for m in cfg["models"]}
     models = list(prices)
+    admin_token = secrets.token_urlsafe(32)  # this run's admin API token: the router gets it by environment
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "router.yaml"
         config_path.write_text(yaml.safe_dump(cfg))
@@ -184,16 +189,18 @@ def run_demo(*, requests: int = 3000, seed: int = 0, db: str = "bandit_router_de
                     sim_url + "/healthz")
         try:
             router = start(["serve", "--config", str(config_path), "--port", str(router_port), "--db", str(db_path)],
-                           router_url + "/healthz")
+                           router_url + "/healthz", env={ADMIN_TOKEN_ENV: admin_token})
             try:
                 t0 = time.monotonic()
                 with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                               TimeRemainingColumn(), console=console) as bar:
                     job = bar.add_task("requests", total=requests)
                     records, events = asyncio.run(_traffic(router_url, sim_url, requests, seed, prices, concurrency,
-                                                           lambda d, t: bar.update(job, completed=d)))
+                                                           lambda d, t: bar.update(job, completed=d), admin_token))
                 elapsed = time.monotonic() - t0
-                with urllib.request.urlopen(router_url + "/admin/arms", timeout=10) as r:
+                arms = urllib.request.Request(router_url + "/admin/arms",
+                                              headers={"Authorization": f"Bearer {admin_token}"})
+                with urllib.request.urlopen(arms, timeout=10) as r:
                     graders = json.loads(r.read())["graders"]
                 console.print(f"the router learned only from its own grader: {graders}")
             finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 CLI = [sys.executable, "-m", "bandit_router.cli"]
 
@@ -42,10 +43,14 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:g} s")
 
 
-def start(args: Sequence[str], health_url: str) -> subprocess.Popen:
+def start(args: Sequence[str], health_url: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Run ``bandit-router *args`` and wait for ``health_url``; ``env`` is added to this process's
+    environment (e.g. ``{"BANDIT_ROUTER_ADMIN_TOKEN": token}``). The child's stderr is kept in a
+    temporary file: :func:`stderr_text` reads it."""
     # stderr goes to a file, not a pipe nobody reads: a chatty child would block on a full pipe
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=log, text=True)
+    child_env = {**os.environ, **env} if env is not None else None
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=log, text=True, env=child_env)
     proc.stderr_log = log  # type: ignore[attr-defined]
     try:
         wait_http(health_url, proc)
@@ -64,3 +69,13 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def stderr_text(proc: subprocess.Popen) -> str:
+    """What a process started by :func:`start` has written to stderr so far (read without moving
+    the file offset the child shares, so it may still be running)."""
+    log = getattr(proc, "stderr_log", None)
+    if log is None:
+        return proc.stderr.read() if proc.stderr else ""
+    fd = log.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")

@@ -15,8 +15,11 @@ import yaml
 
 from bandit_router.config import EXAMPLE_CONFIG
 from bandit_router.procs import free_port, start, stop
+from bandit_router.server.auth import ADMIN_TOKEN_ENV
 
 EXE = [sys.executable, "-m", "bandit_router.cli"]
+ADMIN_TOKEN = "test-admin-token-" + "x" * 16
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ class RouterProc:
     def start(self) -> None:
         self.port = free_port()
         self.proc = start(["serve", "--config", str(self.config), "--port", str(self.port), "--db", str(self.db)],
-                          self.url + "/healthz")
+                          self.url + "/healthz", env={ADMIN_TOKEN_ENV: ADMIN_TOKEN})
 
     def stop(self) -> None:
         assert self.proc is not None
@@ -135,7 +138,7 @@ def test_route_only_then_feedback(router):
 
 
 def _arm(router, category, model):
-    return httpx.get(router.url + "/admin/arms").json()["categories"][category][model]
+    return httpx.get(router.url + "/admin/arms", headers=ADMIN).json()["categories"][category][model]
 
 
 def test_feedback_edge_cases(router):
@@ -180,17 +183,17 @@ def test_bad_requests_get_openai_style_errors(router):
 
 def test_disable_takes_effect_at_once_and_enable_restores(router):
     client = router.client()
-    assert httpx.post(router.url + "/admin/models/claude-opus-4.6/disable").json()["enabled"] is False
+    assert httpx.post(router.url + "/admin/models/claude-opus-4.6/disable", headers=ADMIN).json()["enabled"] is False
     seen = {client.chat.completions.create(model="auto", messages=CODING).model for _ in range(40)}
     assert "claude-opus-4.6" not in seen
     assert _arm(router, "coding", "claude-opus-4.6")["enabled"] is False
-    httpx.post(router.url + "/admin/models/claude-opus-4.6/enable")
+    httpx.post(router.url + "/admin/models/claude-opus-4.6/enable", headers=ADMIN)
     assert _arm(router, "coding", "claude-opus-4.6")["enabled"] is True
-    assert httpx.post(router.url + "/admin/models/nope/disable").status_code == 404
+    assert httpx.post(router.url + "/admin/models/nope/disable", headers=ADMIN).status_code == 404
 
 
 def test_admin_arms_fields(router):
-    arms = httpx.get(router.url + "/admin/arms").json()["categories"]
+    arms = httpx.get(router.url + "/admin/arms", headers=ADMIN).json()["categories"]
     assert set(arms) >= {"coding", "reasoning", "science", "computer_use", "general"}
     row = arms["coding"]["gpt-5.4"]
     for key in ("decisions", "feedback", "quality_mean", "quality_sd", "mean_cost_usd", "traffic_share",
@@ -208,10 +211,10 @@ def test_restart_restores_posteriors_exactly(simulator, tmp_path):
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": f"Write a Python function number {i}."}])
         httpx.post(r.url + "/v1/feedback", json={"event_id": raw.headers["X-Router-Event-Id"], "score": (i % 5) / 4})
-    before = httpx.get(r.url + "/admin/arms").json()
+    before = httpx.get(r.url + "/admin/arms", headers=ADMIN).json()
     r.stop()
     r.start()
-    after = httpx.get(r.url + "/admin/arms").json()
+    after = httpx.get(r.url + "/admin/arms", headers=ADMIN).json()
     r.stop()
     assert after == before
     assert sum(a["observations"] for a in before["categories"]["coding"].values()) == 60

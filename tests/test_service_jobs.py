@@ -84,7 +84,7 @@ async def test_upstream_keys_never_leak(aiohttp_server, aiohttp_client, tmp_path
     cfg = parse_config({"models": [{"name": "gpt-5.4", "base_url": f"http://127.0.0.1:{sim.port}/v1",
                                     "api_key_env": "TEST_UPSTREAM_KEY", "input_price": 1.0, "output_price": 2.0}],
                         "bandit": {"seed": 1}})
-    client = await aiohttp_client(make_app(cfg, db_path=tmp_path / "keys.db"))
+    client = await aiohttp_client(make_app(cfg, db_path=tmp_path / "keys.db", admin_local_only=True))
     ok = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
     assert ok.status == 200
     # make the upstream fail, then look everywhere a key could surface
@@ -137,7 +137,7 @@ async def test_graders_run_in_the_background_and_feed_back(aiohttp_server, aioht
                                 "coding": [{"type": "code_tests", "name": "tests"}]},
                     "policy": {"rates": {"science": 0.0}}},
     })
-    app = make_app(cfg, db_path=tmp_path / "grading.db")
+    app = make_app(cfg, db_path=tmp_path / "grading.db", admin_local_only=True)
     client = await aiohttp_client(app)
     service = app[SERVICE]
     ref = {"pattern": r"^ANSWER: 42\.?$"}
@@ -206,7 +206,7 @@ async def test_llm_judge_never_judges_its_own_model_and_keeps_to_budget(aiohttp_
                                        "alternates": ["judge"], "max_cost_usd": 0.001}]},
                     "policy": {"usd_per_hour": 3.6, "burst_usd": 0.0025}},
     })
-    app = make_app(cfg, db_path=tmp_path / "judge.db")
+    app = make_app(cfg, db_path=tmp_path / "judge.db", admin_local_only=True)
     client = await aiohttp_client(app)
     service = app[SERVICE]
     for _ in range(4):

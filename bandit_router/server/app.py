@@ -22,6 +22,7 @@ from ..router import Router
 from ..service import Service
 from ..storage import open_store
 from . import admin, handlers
+from .auth import AuthSettings, log_summary, make_auth_middleware
 from .errors import error_middleware
 from .keys import CONFIG, DB_PATH, SCHEDULER, SERVICE
 
@@ -87,9 +88,17 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         scheduler.shutdown(wait=False)
 
 
-def make_app(config: RouterConfig, *, db_path: str | Path | None = None) -> web.Application:
-    """The router as an aiohttp application (state opens and closes with the app)."""
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[error_middleware])
+def make_app(config: RouterConfig, *, db_path: str | Path | None = None,
+             admin_local_only: bool = False) -> web.Application:
+    """The router as an aiohttp application (state opens and closes with the app).
+
+    ``/admin/*`` needs the bearer token of ``BANDIT_ROUTER_ADMIN_TOKEN`` or ``admin.token``; with
+    neither it is refused, unless ``admin_local_only`` (then loopback peers need no token; serve it
+    on a loopback host only). ``/v1/*`` needs a client key when any is configured (see ``auth``)."""
+    auth = AuthSettings.from_config(config, admin_local_only=admin_local_only)
+    log_summary(auth, config)
+    app = web.Application(client_max_size=config.server.max_body_bytes,
+                          middlewares=[error_middleware, make_auth_middleware(auth)])
     app[CONFIG] = config
     app[DB_PATH] = str(db_path or config.storage.path)
     app.cleanup_ctx.append(_service_ctx)
