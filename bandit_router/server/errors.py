@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 log = logging.getLogger("bandit_router")
 
-_TYPES = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error", 410: "expired_error",
-          413: "invalid_request_error", 422: "invalid_request_error", 502: "upstream_error", 503: "unavailable_error",
-          504: "upstream_timeout_error"}
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+          409: "conflict_error", 410: "expired_error", 413: "invalid_request_error", 422: "invalid_request_error",
+          429: "rate_limit_error", 502: "upstream_error", 503: "unavailable_error", 504: "upstream_timeout_error"}
 
 
 def error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> web.Response:
