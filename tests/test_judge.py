@@ -56,3 +56,22 @@ def test_an_unusable_verdict_is_a_grader_failure_not_a_zero(reply):
 def test_unbound_judge_fails_clearly():
     with pytest.raises(GraderError, match="bind"):
         run(LLMJudgeGrader(model="big"), model="small")
+
+
+def test_failures_report_what_they_cost():
+    g = LLMJudgeGrader(model="big")
+    g.bind(judge_saying("no verdict", []))
+    with pytest.raises(GraderError) as err:
+        run(g, model="small")
+    assert err.value.cost_usd == pytest.approx(0.002)  # paid for, unusable: charged
+    with pytest.raises(GraderError) as err:
+        run(g, model="big")
+    assert err.value.cost_usd == 0.0  # refused before any call
+
+    async def broken(model, messages):
+        raise ConnectionResetError("after the answer")
+
+    g.bind(broken)
+    with pytest.raises(GraderError, match="call failed") as err:
+        run(g, model="small")
+    assert err.value.cost_usd is None  # unknown: the budget keeps the reservation

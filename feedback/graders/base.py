@@ -43,16 +43,22 @@ class GraderError(RuntimeError):
     """The grader itself failed (bad reference, sandbox failure ...): not a verdict on the answer.
 
     ``str(err)`` is ``"grader <name>: <reason>"``; the reason names the offending field where there is one,
-    e.g. ``"reference.tests: is required"``.
+    e.g. ``"reference.tests: is required"``. A paid grader sets ``cost_usd`` to what the failed attempt cost
+    (``0.0``: nothing was spent; ``None``: unknown, so a budget keeps the whole reservation).
     """
 
-    def __init__(self, grader: str, reason: str) -> None:
+    def __init__(self, grader: str, reason: str, *, cost_usd: float | None = None) -> None:
         super().__init__(f"grader {grader}: {reason}")
         self.grader = grader
         self.reason = reason
+        self.cost_usd = cost_usd
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.grader, self.reason))
+        return (_grader_error, (type(self), self.grader, self.reason, self.cost_usd))
+
+
+def _grader_error(cls: type[GraderError], grader: str, reason: str, cost_usd: float | None) -> GraderError:
+    return cls(grader, reason, cost_usd=cost_usd)
 
 
 class GraderSpecError(ValueError):

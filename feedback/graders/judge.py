@@ -8,6 +8,11 @@ model, or fails (a :class:`GraderError`, counted, never a quality 0).
 
 Spec: ``{"type": "llm_judge", "model": "gpt-5.4", "rubric": "...", "scale": 10,
 "alternates": ["gemini-3.1-pro"], "allow_self": false, "max_cost_usd": 0.01}``.
+
+Budgeting (done by the caller, e.g. ``bandit_router.grading``): ``max_cost_usd`` is reserved before each call
+and settled to the actual cost after it. The actual cost is ``details["cost_usd"]`` of a result, or
+:attr:`GraderError.cost_usd` of a failure: ``0.0`` when no call was made, the call's cost when its reply could
+not be used, ``None`` (unknown: keep the reservation) when the call itself raised.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ class LLMJudgeGrader(AsyncGrader):
         for alt in self.alternates:
             if alt != judged:
                 return alt
-        raise GraderError(self.name, f"the judge model {self.model} is the judged model and no alternate is set")
+        raise GraderError(self.name, f"the judge model {self.model} is the judged model and no alternate is set",
+                          cost_usd=0.0)
 
     def prompt(self, request: GradeRequest) -> list[dict[str, Any]]:
         question = "\n".join(str(m.get("content", "")) for m in request.messages if m.get("role") == "user")
@@ -67,15 +73,21 @@ class LLMJudgeGrader(AsyncGrader):
 
     async def agrade(self, request: GradeRequest) -> GradeResult:
         if self._complete is None:
-            raise GraderError(self.name, "no model access bound (the service calls bind())")
+            raise GraderError(self.name, "no model access bound (the service calls bind())", cost_usd=0.0)
         judge = self.judge_for(request.model)
-        text, cost = await self._complete(judge, self.prompt(request))
+        try:
+            text, cost = await self._complete(judge, self.prompt(request))
+        except GraderError:
+            raise
+        except Exception as exc:  # the upstream may have answered (and billed) before this: cost unknown
+            raise GraderError(self.name, f"the judge {judge} call failed: {type(exc).__name__}: {exc}") from exc
         found = SCORE_RE.findall(text or "")
         if not found:
-            raise GraderError(self.name, f"the judge {judge} gave no 'SCORE: N' line")
+            raise GraderError(self.name, f"the judge {judge} gave no 'SCORE: N' line", cost_usd=cost)
         score = float(found[-1])
         if not 0.0 <= score <= self.scale:
-            raise GraderError(self.name, f"the judge {judge} gave {score:g}, outside 0..{self.scale:g}")
+            raise GraderError(self.name, f"the judge {judge} gave {score:g}, outside 0..{self.scale:g}",
+                              cost_usd=cost)
         reason = (text.split("\n", 1)[1].strip() if "\n" in text else "") or f"scored by {judge}"
         return GradeResult(self.name, score / self.scale, f"{judge}: {reason}",
                            {"judge": judge, "cost_usd": cost, "score": score})

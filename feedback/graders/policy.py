@@ -8,6 +8,11 @@ The budget is a token bucket in dollars: it refills at ``usd_per_hour / 3600`` p
 (default: a tenth of an hour's budget) and starts full. Spending over any window of ``T`` hours is therefore at
 most ``burst_usd + usd_per_hour * T`` (plus the overshoot of the last grade when actual costs exceed their
 estimates: :meth:`GradingPolicy.spend` may take the bucket below zero, and later grades wait until it refills).
+
+A paid grade reserves its maximum expected cost with :meth:`GradingPolicy.take` *before* the call, and
+:meth:`GradingPolicy.settle` turns the reservation into the actual cost after it, so concurrent grades cannot all
+pass the check and overshoot together. ``max_concurrent`` and ``max_waiting`` bound how many gradings run at
+once and how many may wait for a slot (beyond that they are skipped as ``overloaded``).
 """
 
 from __future__ import annotations
@@ -20,13 +25,23 @@ from typing import Any
 
 from feedback.graders.base import GraderSpecError
 
-__all__ = ["GradingPolicy"]
+__all__ = ["DEFAULT_MAX_CONCURRENT", "DEFAULT_MAX_WAITING", "GradingPolicy"]
+
+DEFAULT_MAX_CONCURRENT = 4
+DEFAULT_MAX_WAITING = 64
+_EPS = 1e-12  # dollars: float dust must not refuse a reservation that exactly fits
 
 
 def _rate(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
         raise GraderSpecError(field, f"expected a rate in [0, 1], got {value!r:.40}")
     return float(value)
+
+
+def _count(value: Any, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GraderSpecError(field, f"expected an integer >= {minimum}, got {value!r:.40}")
+    return value
 
 
 def _money(value: Any, field: str) -> float:
@@ -40,10 +55,12 @@ class GradingPolicy:
 
     ``rates`` maps a category to the share of its answers to grade (``{"coding": 0.1}`` grades 10%);
     other categories (and ``None``) use ``default_rate``. ``usd_per_hour=None`` means no budget cap.
+    ``max_concurrent`` gradings run at once and up to ``max_waiting`` more wait for a slot.
     """
 
     def __init__(self, rates: Mapping[str, float] | None = None, *, default_rate: float = 1.0,
-                 usd_per_hour: float | None = None, burst_usd: float | None = None, salt: str = "") -> None:
+                 usd_per_hour: float | None = None, burst_usd: float | None = None, salt: str = "",
+                 max_concurrent: int = DEFAULT_MAX_CONCURRENT, max_waiting: int = DEFAULT_MAX_WAITING) -> None:
         self.rates = {str(k): _rate(v, f"rates.{k}") for k, v in (rates or {}).items()}
         self.default_rate = _rate(default_rate, "default_rate")
         self.usd_per_hour = None if usd_per_hour is None else _money(usd_per_hour, "usd_per_hour")
@@ -53,6 +70,8 @@ class GradingPolicy:
             raise GraderSpecError("burst_usd", "needs usd_per_hour")
         self.burst_usd = (self.usd_per_hour or 0.0) / 10 if burst_usd is None else float(burst_usd)
         self.salt = salt
+        self.max_concurrent = _count(max_concurrent, "max_concurrent", 1)
+        self.max_waiting = _count(max_waiting, "max_waiting", 0)
         self._tokens = self.burst_usd
         self._last: float | None = None
         self._lock = threading.Lock()
@@ -60,8 +79,8 @@ class GradingPolicy:
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], *, where: str = "") -> GradingPolicy:
         """From ``{"rates": {"coding": 0.1}, "default_rate": 1.0, "usd_per_hour": 2.0, "burst_usd": 0.2,
-        "salt": "v1"}`` (every key optional)."""
-        allowed = ("rates", "default_rate", "usd_per_hour", "burst_usd", "salt")
+        "salt": "v1", "max_concurrent": 4, "max_waiting": 64}`` (every key optional)."""
+        allowed = ("rates", "default_rate", "usd_per_hour", "burst_usd", "salt", "max_concurrent", "max_waiting")
         prefix = f"{where}." if where else ""
         for key in spec:
             if key not in allowed:
@@ -75,7 +94,9 @@ class GradingPolicy:
             raise GraderSpecError(f"{prefix}salt", f"expected a string, got {type(salt).__name__}")
         try:
             return cls(rates, default_rate=spec.get("default_rate", 1.0), usd_per_hour=spec.get("usd_per_hour"),
-                       burst_usd=spec.get("burst_usd"), salt=salt)
+                       burst_usd=spec.get("burst_usd"), salt=salt,
+                       max_concurrent=spec.get("max_concurrent", DEFAULT_MAX_CONCURRENT),
+                       max_waiting=spec.get("max_waiting", DEFAULT_MAX_WAITING))
         except GraderSpecError as exc:
             raise GraderSpecError(prefix + exc.field, exc.reason) from None
 
@@ -127,7 +148,18 @@ class GradingPolicy:
             return True
         with self._lock:
             self._refill(now)
-            if cost > 0.0 and cost > self._tokens:
+            if cost > 0.0 and cost > self._tokens + _EPS:
                 return False
             self._tokens -= cost
             return True
+
+    def settle(self, reserved: float, actual: float, now: float) -> None:
+        """Turn a :meth:`take` reservation of ``reserved`` into the ``actual`` cost: refund the difference (up to
+        the burst) or charge the excess (the bucket may go below zero)."""
+        held = _money(reserved, "reserved")
+        cost = _money(actual, "actual")
+        if self.usd_per_hour is None:
+            return
+        with self._lock:
+            self._refill(now)
+            self._tokens = min(self.burst_usd, self._tokens + held - cost)
