@@ -131,18 +131,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**_headers(d), "Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         first = True
+        lines = service.stream(d, upstream, hints.reference)
         try:
-            async for line in service.stream(d, upstream, hints.reference):
+            try:
+                async for line in lines:
+                    if first:
+                        await resp.prepare(request)
+                        first = False
+                    await resp.write(line)
+            except UpstreamError as e:
                 if first:
-                    await resp.prepare(request)
-                    first = False
-                await resp.write(line)
-        except UpstreamError as e:
-            if first:
-                return error(e.status, e.message, code="upstream_error")
-            await resp.write(b"data: " + orjson.dumps({"error": {"message": e.message, "type": "upstream_error",
-                                                                  "param": None, "code": "upstream_error"}}) + b"\n\n")
-        await resp.write_eof()
+                    return error(e.status, e.message, code="upstream_error")
+                await resp.write(b"data: " + orjson.dumps({"error": {"message": e.message, "type": "upstream_error",
+                                                                      "param": None, "code": "upstream_error"}})
+                                 + b"\n\n")
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-stream: nobody to answer, and not a server error
+        finally:
+            await lines.aclose()  # the stream's bookkeeping runs now, not whenever the generator is collected
         return resp
     try:
         done, cost = await service.complete(d, upstream, hints.reference)
