@@ -87,6 +87,10 @@ class Breakers:
         self.health.append(ModelHealth())
         self._mask = np.append(self._mask, True)
 
+    @property
+    def all_closed(self) -> bool:
+        return all(h.state == CLOSED for h in self.health)
+
     def allowed(self, now: float) -> np.ndarray:
         """Models that may take a request now. An open breaker whose cooldown has passed admits
         one probe: it is allowed until :meth:`acquire` marks the probe out."""

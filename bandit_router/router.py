@@ -228,12 +228,13 @@ class Router:
     def decide(self, messages: Sequence[Message], *, category: str | None = None,
                cost_weight: float | None = None, exclude: Iterable[str] = (),
                max_cost_usd: float | None = None, max_output_tokens: int | None = None,
-               event_id: str | None = None, timestamp: float | None = None, model: str | None = None) -> Decision:
+               event_id: str | None = None, timestamp: float | None = None, model: str | None = None,
+               allowed: np.ndarray | None = None) -> Decision:
         """Choose a model for a chat request (``category`` inferred when not given).
 
         ``model`` forces the choice (a pass-through request): only that model is eligible, whether
         or not it serves the category (the caller asked for it), as long as the request fits its
-        context window.
+        context window. ``allowed`` (a mask by model, e.g. the circuit breakers) narrows the choice.
 
         Not eligible: disabled models, ``exclude``, models whose context window is smaller than the
         prompt plus ``max_output_tokens``, and (when given) models whose expected cost exceeds
@@ -250,10 +251,12 @@ class Router:
             eligible = np.zeros(len(self.specs), dtype=bool)
             eligible[self._model_index(model)] = True
             eligible &= ~too_long
-        elif excluded or too_long is not self._fits_all:
+        elif excluded or too_long is not self._fits_all or allowed is not None:
             eligible = ~too_long
             for m in excluded:
                 eligible[self._model_index(m)] = False
+            if allowed is not None:
+                eligible &= allowed
         try:
             return self.decide_features(x, cat, tokens, cost_weight=cost_weight, eligible=eligible,
                                         max_cost_usd=max_cost_usd, event_id=event_id, timestamp=timestamp,

@@ -9,8 +9,11 @@ feedback → feedback.parse_feedback → combine per source → Router.learn →
 from __future__ import annotations
 
 import base64
+import contextlib
+import copy
 import logging
 import os
+import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -23,9 +26,12 @@ import orjson
 from feedback import FeedbackSignal, combine
 
 from .config import RouterConfig
+from .fallback import Attempt, Tries
 from .features import Message
 from .grading import Grading
-from .providers.base import Completion, Provider, StreamResult, Usage
+from .policy import NoEligibleModel
+from .providers.base import Completion, Provider, StreamResult, UpstreamError, Usage
+from .reliability import Breakers
 from .router import Decision, Router
 from .storage.base import DecisionRow, FeedbackRow, StateRow, Store, StoreOverloaded
 
@@ -89,6 +95,9 @@ class Service:
         self._inflight: dict[str, _Tracked] = {}  # decisions whose row is written when their call ends
         self._event_id = _EventIds()
         self.unrecorded = 0  # decisions whose row could not be queued (storage overloaded)
+        r = config.reliability
+        self.breakers = Breakers(router.models, failures=r.breaker_failures, cooldown_s=r.breaker_cooldown_s)
+        self._rng = random.Random()
 
     # -- deciding ----------------------------------------------------------------------------
     def decide(self, messages: Sequence[Message], hints: Hints, *, model: str | None = None,
@@ -100,9 +109,18 @@ class Service:
         now = time.time()
         event_id = self._event_id(now)
         if model is None:
-            d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
-                                   max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
-                                   event_id=event_id, timestamp=now)
+            allowed = None if self.breakers.all_closed else self.breakers.allowed(now)
+            try:
+                d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
+                                       max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
+                                       event_id=event_id, timestamp=now, allowed=allowed)
+            except NoEligibleModel:
+                if allowed is None:
+                    raise
+                # every eligible model's breaker is open: fail open, to the best of them, rather than refuse
+                d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
+                                       max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
+                                       event_id=event_id, timestamp=now)
             learn = True
         else:
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
@@ -185,37 +203,104 @@ class Service:
         if answer is not None and d.event_id:
             self.grading.schedule(d.event_id, d.category, d.model, messages, answer, reference, self.feedback)
 
-    async def complete(self, d: Decision, body: dict[str, Any],
-                       reference: dict[str, Any] | None = None) -> tuple[Completion, float]:
-        body = self._cap_output(d, body)
-        provider = self.providers[d.model]
+    def _tries(self, d: Decision, fallback: bool) -> Tries:
+        return Tries(d, self.breakers, self.config.reliability, switch=self._switch,
+                     on_model_failed=self._model_failed, rng=self._rng, fallback=fallback)
+
+    def _switch(self, d: Decision, k: int) -> None:
+        """Fall back: the decision (and so its row and its feedback) now names model ``k``."""
+        d.model, d.arm, d.expected_cost = self.router.models[k], k, float(d.costs[k])
+
+    def _model_failed(self, d: Decision) -> None:
+        """A model failed a request that falls back: learned as ``failure_quality`` if configured."""
+        q = self.config.reliability.failure_quality
+        t = self._inflight.get(d.event_id or "") or self._tracked.get(d.event_id or "")
+        if q is None or t is None or not t.learn:
+            return
+        failed = copy.copy(d)
+        failed.event_id, failed.quality, failed.stamp = None, None, None  # its own observation
+        self.router.learn(failed, q)
         try:
-            done = await provider.complete(body)
-        except Exception:
-            self._finish(d, status="failed")
-            raise
+            self.store.save_state([StateRow(k, v, time.time()) for k, v in self.router.dirty_states(failed).items()])
+        except StoreOverloaded:
+            log.warning("storage queue full: state after a failure of %s not saved (the next checkpoint will)",
+                        failed.model)
+
+    async def complete(self, d: Decision, body: dict[str, Any], reference: dict[str, Any] | None = None, *,
+                       failed: list[Attempt] | None = None) -> tuple[Completion, float]:
+        """Call the chosen model, retrying and falling back as configured; ``d`` is switched to the
+        model that answered, and ``failed`` (when given) receives the failed attempts."""
+        tries = self._tries(d, fallback=self._learns(d))
+        if failed is not None:
+            tries.attempts = failed
+        while True:
+            capped = self._cap_output(d, body)
+            tries.begin()
+            try:
+                done = await self.providers[d.model].complete(capped)
+            except UpstreamError as e:
+                if await tries.failed(e):
+                    continue
+                self._finish(d, status="failed")
+                raise
+            except BaseException:
+                tries.abandoned()
+                self._finish(d, status="failed")
+                raise
+            tries.succeeded()
+            break
         cost = self.account(d, done.usage)
         choices = done.body.get("choices") or [{}]
-        self.grade_later(d, body["messages"], (choices[0].get("message") or {}).get("content"), reference)
+        self.grade_later(d, capped["messages"], (choices[0].get("message") or {}).get("content"), reference)
         return done, cost
 
-    async def stream(self, d: Decision, body: dict[str, Any],
-                     reference: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
-        """SSE lines for a streamed completion; usage and cost are recorded when the stream ends."""
-        result = StreamResult()
-        body = self._cap_output(d, body)
+    def _learns(self, d: Decision) -> bool:
+        """Only routed requests fall back: a pass-through asked for one model."""
+        t = self._inflight.get(d.event_id or "") or self._tracked.get(d.event_id or "")
+        return t is not None and t.learn
+
+    async def stream(self, d: Decision, body: dict[str, Any], reference: dict[str, Any] | None = None, *,
+                     failed: list[Attempt] | None = None) -> AsyncIterator[bytes]:
+        """SSE lines for a streamed completion; usage and cost are recorded when the stream ends.
+
+        Retries and fallbacks happen only before the first chunk is yielded; after it, an upstream
+        failure is raised to the caller, who ends the client's stream with an error event."""
+        tries = self._tries(d, fallback=self._learns(d))
+        if failed is not None:
+            tries.attempts = failed
         text: list[str] = []
+        started = False
+        result = StreamResult()
+        capped = body
         try:
-            async for chunk in self.providers[d.model].stream(body, result):
-                for choice in chunk.get("choices") or ():
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        text.append(piece)
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            while True:
+                result = StreamResult()
+                capped = self._cap_output(d, body)
+                tries.begin()
+                try:
+                    async with contextlib.aclosing(self.providers[d.model].stream(capped, result)) as chunks:
+                        async for chunk in chunks:
+                            started = True
+                            for choice in chunk.get("choices") or ():
+                                piece = (choice.get("delta") or {}).get("content")
+                                if piece:
+                                    text.append(piece)
+                            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                except UpstreamError as e:
+                    if not started and await tries.failed(e):
+                        continue
+                    if started:
+                        tries.failed_late(e)  # counted against the model; too late to fall back
+                    raise
+                except BaseException:
+                    tries.abandoned()
+                    raise
+                tries.succeeded()
+                break
         finally:
             if result.finished:
                 self.account(d, result.usage)
-                self.grade_later(d, body["messages"], "".join(text), reference)
+                self.grade_later(d, capped["messages"], "".join(text), reference)
             else:
                 self._finish(d, status="failed")
         yield b"data: [DONE]\n\n"

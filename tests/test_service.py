@@ -216,7 +216,7 @@ def test_restart_restores_posteriors_exactly(simulator, tmp_path):
     r.start()
     after = httpx.get(r.url + "/admin/arms", headers=ADMIN).json()
     r.stop()
-    assert after == before
+    assert after["categories"] == before["categories"]  # the posteriors (upstream health is per process)
     assert sum(a["observations"] for a in before["categories"]["coding"].values()) == 60
 
 

@@ -254,6 +254,7 @@ class AnthropicProvider:
 
     def __init__(self, session: aiohttp.ClientSession, *, name: str, base_url: str, upstream_model: str | None,
                  api_key: str | None, timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
+                 first_byte_timeout_s: float | None = None,
                  default_max_tokens: int = DEFAULT_MAX_TOKENS, anthropic_version: str = ANTHROPIC_VERSION) -> None:
         self.session = session
         self.name = name
@@ -264,7 +265,9 @@ class AnthropicProvider:
         self._api_key = api_key or ""
         self._headers = {"content-type": "application/json", "anthropic-version": anthropic_version,
                          **({"x-api-key": api_key} if api_key else {})}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        # sock_read: the wait for the response headers (first byte), and then between stream chunks
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s,
+                                              sock_read=first_byte_timeout_s)
 
     def _payload(self, body: dict[str, Any], stream: bool) -> bytes:
         return orjson.dumps(to_messages(body, self.upstream_model, default_max_tokens=self.default_max_tokens,

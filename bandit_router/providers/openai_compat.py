@@ -39,7 +39,8 @@ class OpenAICompatProvider:
     are relabelled with ``name`` so the client sees the model that answered."""
 
     def __init__(self, session: aiohttp.ClientSession, *, name: str, base_url: str, upstream_model: str | None,
-                 api_key: str | None, timeout_s: float = 120.0, connect_timeout_s: float = 10.0) -> None:
+                 api_key: str | None, timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
+                 first_byte_timeout_s: float | None = None) -> None:
         self.session = session
         self.name = name
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -48,7 +49,9 @@ class OpenAICompatProvider:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        # sock_read: the wait for the response headers (first byte), and then between stream chunks
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s,
+                                              sock_read=first_byte_timeout_s)
 
     def _payload(self, body: dict[str, Any], stream: bool) -> bytes:
         out = dict(body)

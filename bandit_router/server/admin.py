@@ -13,7 +13,9 @@ from .keys import SERVICE
 
 async def arms(request: web.Request) -> web.Response:
     """Per category, per model: decisions, feedback (total and by source), posterior mean and sd of
-    quality, mean cost per request, traffic share over the last 1,000 decisions, enabled, prior."""
+    quality, mean cost per request, traffic share over the last 1,000 decisions, enabled, prior.
+    Per model (``health``): breaker state, calls, failures, recent error rate and latency, fallbacks.
+    ``storage``: the writer's queue depth, failed writes, decisions that could not be queued."""
     service = request.app[SERVICE]
     store = service.store
     await store.flush()
@@ -44,7 +46,10 @@ async def arms(request: web.Request) -> web.Response:
             }
         out[category] = rows
     graders = {name: dict(c) for name, c in service.grading.stats.items()}
-    return web.Response(body=orjson.dumps({"categories": out, "graders": graders}), content_type="application/json")
+    storage = {"queue_depth": store.queue_depth, "failed_writes": store.failed_writes,
+               "unrecorded_decisions": service.unrecorded}
+    body = {"categories": out, "graders": graders, "health": service.breakers.snapshot(), "storage": storage}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def _set(request: web.Request, enabled: bool) -> web.Response:

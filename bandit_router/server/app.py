@@ -25,6 +25,7 @@ from . import admin, handlers
 from .auth import AuthSettings, log_summary, make_auth_middleware
 from .errors import error_middleware
 from .keys import CONFIG, DB_PATH, SCHEDULER, SERVICE
+from .openapi import add_openapi
 
 log = logging.getLogger("bandit_router")
 
@@ -47,7 +48,8 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     adapters = {"openai": OpenAICompatProvider, "anthropic": AnthropicProvider}
     providers: dict[str, Provider] = {
         m.name: adapters[m.provider](session, name=m.name, base_url=m.base_url, upstream_model=m.upstream_model,
-                                     api_key=m.api_key(), timeout_s=m.timeout_s, connect_timeout_s=m.connect_timeout_s)
+                                     api_key=m.api_key(), timeout_s=m.timeout_s, connect_timeout_s=m.connect_timeout_s,
+                                     first_byte_timeout_s=m.first_byte_timeout_s)
         for m in config.models
     }
     service = Service(config, build_router(config), store, providers)
@@ -111,4 +113,5 @@ def make_app(config: RouterConfig, *, db_path: str | Path | None = None,
     app.router.add_post("/admin/models/{name}/disable", admin.disable)
     app.router.add_post("/admin/models/{name}/enable", admin.enable)
     app.router.add_get("/healthz", admin.healthz)
+    add_openapi(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -11,13 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from feedback import SignalError, parse_feedback
 
+from ..fallback import Attempt
 from ..policy import NoEligibleModel
 from ..providers import UpstreamError
 from ..router import Decision, TooManyCategories
-from ..service import ExpiredEvent, Hints, UnknownEvent
+from ..service import ExpiredEvent, Hints, Service, UnknownEvent
 from ..storage.base import StoreOverloaded
 from .errors import error, validation_error
 from .keys import SERVICE
+
+log = logging.getLogger("bandit_router")
 
 CATEGORY_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 
@@ -90,8 +94,15 @@ def _header_hints(request: web.Request, body_hints: RouterHints | None, body: di
     return h
 
 
-def _headers(d: Decision) -> dict[str, str]:
-    return {"X-Router-Event-Id": d.event_id or "", "X-Router-Model": d.model, "X-Router-Category": d.category}
+def _fell_back(d: Decision, failed: list[Attempt] | None) -> bool:
+    return bool(failed) and any(a.model != d.model for a in failed)  # type: ignore[union-attr]
+
+
+def _headers(d: Decision, failed: list[Attempt] | None = None) -> dict[str, str]:
+    out = {"X-Router-Event-Id": d.event_id or "", "X-Router-Model": d.model, "X-Router-Category": d.category}
+    if _fell_back(d, failed):  # the models that failed this request before d.model answered, in order
+        out["X-Router-Fallback"] = ",".join(dict.fromkeys(a.model for a in failed if a.model != d.model))
+    return out
 
 
 def _messages(msgs: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -126,38 +137,72 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(503, str(e), code="no_eligible_model")
     except TooManyCategories as e:
         return error(422, str(e), param="router.category", code="too_many_categories")
-    upstream = body
     if req.stream:
-        resp = web.StreamResponse(headers={**_headers(d), "Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        first = True
-        lines = service.stream(d, upstream, hints.reference)
-        try:
-            try:
-                async for line in lines:
-                    if first:
-                        await resp.prepare(request)
-                        first = False
-                    await resp.write(line)
-            except UpstreamError as e:
-                if first:
-                    return error(e.status, e.message, code="upstream_error")
-                await resp.write(b"data: " + orjson.dumps({"error": {"message": e.message, "type": "upstream_error",
-                                                                      "param": None, "code": "upstream_error"}})
-                                 + b"\n\n")
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass  # the client went away mid-stream: nobody to answer, and not a server error
-        finally:
-            await lines.aclose()  # the stream's bookkeeping runs now, not whenever the generator is collected
-        return resp
+        return await _stream(request, service, d, body, hints)
+    failed: list[Attempt] = []
     try:
-        done, cost = await service.complete(d, upstream, hints.reference)
+        done, cost = await service.complete(d, body, hints.reference, failed=failed)
     except UpstreamError as e:
-        return error(e.status, e.message, code="upstream_error")
+        return _upstream_error(e, failed)
     out = done.body
     out["router"] = {"event_id": d.event_id, "category": d.category, "model": d.model, "cost_usd": cost}
-    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d))
+    if failed:  # retries on the model that answered, or a fallback from others
+        out["router"]["retries" if not _fell_back(d, failed) else "fallback"] = _fallback(failed)
+    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d, failed))
+
+
+def _fallback(failed: list[Attempt]) -> dict[str, Any]:
+    return {"from": [a.model for a in failed], "errors": [{"model": a.model, "status": a.status, "message": a.error}
+                                                          for a in failed]}
+
+
+def _upstream_error(e: UpstreamError, failed: list[Attempt]) -> web.Response:
+    tried = sorted({a.model for a in failed})
+    msg = e.message + (f" (tried: {', '.join(tried)})" if len(tried) > 1 else "")
+    resp = error(e.status, msg, code="upstream_error")
+    if e.status == 429 and e.retry_after is not None:
+        resp.headers["Retry-After"] = str(math.ceil(e.retry_after))
+    return resp
+
+
+def _sse_error(message: str, type_: str, code: str) -> bytes:
+    return b"data: " + orjson.dumps({"error": {"message": message, "type": type_, "param": None,
+                                               "code": code}}) + b"\n\n"
+
+
+async def _stream(request: web.Request, service: Service, d: Decision, body: dict[str, Any],
+                  hints: Hints) -> web.StreamResponse:
+    """SSE out. Headers go with the first chunk, so they name the model that answered (after any
+    fallback); a failure after that ends the stream with an OpenAI error event, then [DONE]."""
+    failed: list[Attempt] = []
+    lines = service.stream(d, body, hints.reference, failed=failed)
+    resp: web.StreamResponse | None = None
+    try:
+        try:
+            async for line in lines:
+                if resp is None:
+                    resp = web.StreamResponse(headers={**_headers(d, failed), "Content-Type": "text/event-stream",
+                                                       "Cache-Control": "no-cache"})
+                    await resp.prepare(request)
+                await resp.write(line)
+        except UpstreamError as e:
+            if resp is None:
+                return _upstream_error(e, failed)
+            await resp.write(_sse_error(e.message, "upstream_error", "upstream_error"))
+            await resp.write(b"data: [DONE]\n\n")
+        except Exception:
+            if resp is None:
+                raise
+            log.exception("error mid-stream on %s", d.event_id)
+            await resp.write(_sse_error("internal error (logged)", "api_error", "internal_error"))
+            await resp.write(b"data: [DONE]\n\n")
+        assert resp is not None
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away mid-stream: nobody to answer, and not a server error
+    finally:
+        await lines.aclose()  # the stream's bookkeeping runs now, not whenever the generator is collected
+    return resp if resp is not None else web.Response(status=499)
 
 
 async def route(request: web.Request) -> web.Response:
