@@ -1,5 +1,5 @@
 """Tests for feedback.graders: each grader on real cases, the code sandbox against hostile code, the registry,
-the sampling/budget policy. Sandbox tests use 1 s of CPU and 2-3 s of wall clock; the whole file runs in ~10 s."""
+the sampling/budget policy. Sandbox tests use 1 s of CPU and 2-3 s of wall clock; the whole file runs in ~20 s."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pickle
 import resource
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,6 +144,54 @@ def test_regex_modes_and_references() -> None:
         make_grader({"type": "regex"}).grade(req("x", pattern="("))
 
 
+EVIL = "^(a|a)*$"  # exponential backtracking, even in the regex package: only its timeout stops it
+SLOW = "a" * 40 + "b"
+
+
+def timed_grade(spec: dict, text: str, /, **reference: object) -> tuple[GradeResult | GraderError, float]:
+    start = time.monotonic()
+    try:
+        result: GradeResult | GraderError = make_grader(spec).grade(req(text, **reference))
+    except GraderError as exc:
+        result = exc
+    return result, time.monotonic() - start
+
+
+def test_regex_backtracking_pattern_from_the_review_returns_fast() -> None:
+    result, took = timed_grade({"type": "regex"}, SLOW, pattern="(a+)+$")  # hangs Python's re for hours
+    assert isinstance(result, GradeResult) and result.quality == 0.0 and took < 1.0, (result, took)
+
+
+@pytest.mark.parametrize(("spec", "text", "reference"), [
+    ({"type": "regex"}, SLOW, {"pattern": EVIL}),
+    ({"type": "regex", "pattern": EVIL, "mode": "full"}, SLOW, {}),
+    ({"type": "format", "ends_with_line": EVIL}, f"intro\n{SLOW}", {}),
+    ({"type": "json_schema"}, f'{{"x": "{SLOW}"}}', {"schema": {"properties": {"x": {"pattern": EVIL}}}}),
+    ({"type": "json_schema"}, f'{{"{SLOW}": 1}}', {"schema": {"patternProperties": {EVIL: {}}}}),
+    ({"type": "json_schema"}, f'{{"{SLOW}": 1}}', {"schema": {"additionalProperties": False,
+                                                               "patternProperties": {EVIL: {}}}}),
+    ({"type": "json_schema", "schema": {"$schema": "http://json-schema.org/draft-04/schema#",
+                                        "items": {"pattern": EVIL}}}, f'["{SLOW}", "{SLOW}"]', {}),
+])
+def test_catastrophic_patterns_time_out_as_grader_failures(spec: dict, text: str, reference: dict) -> None:
+    result, took = timed_grade(spec, text, **reference)
+    assert isinstance(result, GraderError), result  # the grader's pattern failed: counted, never a quality 0
+    assert "timed out" in result.reason and EVIL in result.reason and took < 1.5, (result, took)
+
+
+def test_bounded_patterns_keep_their_meaning() -> None:
+    assert q({"type": "json_schema", "schema": {"additionalProperties": False, "patternProperties": {"^a": {}}}},
+             '{"ab": 1, "zz": 2}') == 0.0
+    assert q({"type": "json_schema", "schema": {"patternProperties": {"^a": {"type": "string"}}}}, '{"ab": 1}') == 0.0
+    assert q({"type": "json_schema", "schema": {"additionalProperties": {"type": "integer"},
+                                                "patternProperties": {"^a": {}}}}, '{"ab": "x", "zz": 2}') == 1.0
+    assert q({"type": "json_schema", "schema": {"properties": {"x": {"pattern": "^a+$"}}}}, '{"x": "aaa"}') == 1.0
+    assert q({"type": "regex", "pattern": "^YES$", "ignore_case": True, "multiline": True}, "no\nyes") == 1.0
+    refused = make_grader({"type": "json_schema"})
+    with pytest.raises(GraderError, match="unevaluatedProperties with patternProperties"):  # re there: unbounded
+        refused.grade(req("{}", schema={"unevaluatedProperties": False, "patternProperties": {EVIL: {}}}))
+
+
 # --- structured output and format rules ----------------------------------------------------------------------
 
 SCHEMA = {"type": "object", "required": ["name", "items"], "additionalProperties": False,
@@ -234,13 +283,95 @@ def test_code_tests_grader_failures_raise() -> None:
             grader.grade(GradeRequest(answer="x = 1", reference=reference))
     missing = Isolation("/nonexistent/python3", False, (), ("rlimits",))
     with pytest.raises(GraderError, match="could not start the sandbox"):
-        CodeTestsGrader(isolation=missing).grade(req("x = 1", tests=["assert x"]))
+        CodeTestsGrader(isolation=missing, allow_weak_isolation=True).grade(req("x = 1", tests=["assert x"]))
     not_python = Isolation(shutil.which("false") or "/bin/false", False, (), ("rlimits",))
     with pytest.raises(GraderError, match="sandbox failed before running the answer"):
-        CodeTestsGrader(isolation=not_python).grade(req("x = 1", tests=["assert x"]))
+        CodeTestsGrader(isolation=not_python, allow_weak_isolation=True).grade(req("x = 1", tests=["assert x"]))
     with pytest.raises(GraderError, match="lacks required isolation netns"):
         CodeTestsGrader(require=["netns"], isolation=Isolation("python3", False, (), ("rlimits",))).grade(
             req("x = 1", tests=["assert x"]))
+
+
+def test_weak_isolation_is_a_grader_failure_unless_allowed() -> None:
+    weak = Isolation(os.path.realpath(sys.executable), False, (), ("nproc", "rlimits"),
+                     ("unshare unavailable or refused: no network namespace",))
+    with pytest.raises(GraderError, match="isolation too weak: neither uid nor pidns.*allow_weak_isolation: true"):
+        CodeTestsGrader(isolation=weak).grade(req("def add(a, b):\n    return a + b", tests=ADD_TESTS))
+    allowed = CodeTestsGrader(isolation=weak, allow_weak_isolation=True)
+    assert allowed.grade(req("def add(a, b):\n    return a + b", tests=ADD_TESTS)).quality == pytest.approx(2 / 3)
+    assert make_grader({"type": "code_tests", "allow_weak_isolation": True}).allow_weak_isolation is True
+    assert not make_grader({"type": "code_tests"}).allow_weak_isolation
+
+
+def test_code_tests_judge_values_the_answer_returns() -> None:
+    """Tests run in the judge against proxies: objects, generators, exceptions, modules and setup all work."""
+    answer = """
+        import math
+        from collections import namedtuple
+
+        Point = namedtuple("Point", "x y")
+        LIMIT = {"max": [1, 2.5, (3, None)], 7: {b"k", frozenset({1})}}
+
+        def area(r):
+            return math.pi * r * r
+
+        def evens(n):
+            return (i for i in range(0, n, 2))
+
+        def check(n):
+            if n < 0:
+                raise ValueError(f"negative: {n}")
+            return n
+
+        def point(x, y):
+            return Point(x, y)
+
+        class Stack:
+            def __init__(self, *items):
+                self.items = list(items)
+
+            def pop(self):
+                return self.items.pop()
+
+            def __len__(self):
+                return len(self.items)
+
+        def apply(f, x):
+            return f(x)
+
+        def max(*args):  # shadows a built-in: not bound in the judge
+            return 42
+        """
+    tests = [
+        "assert math.isclose(area(10), 314.159, rel_tol=1e-3)",  # math: the judge's own, imported like the answer's
+        "assert list(evens(7)) == [0, 2, 4, 6] and 4 in evens(5)",
+        "try:\n    check(-1)\nexcept ValueError as e:\n    assert 'negative' in str(e)\nelse:\n    assert False",
+        "assert point(1, 2) == (1, 2) and LIMIT == {'max': [1, 2.5, (3, None)], 7: {b'k', frozenset({1})}}",
+        "s = Stack(1, 2, 3)\nassert s.pop() == 3 and len(s) == 2 and s.items == [1, 2]",
+        "assert apply(abs, -3) == 3 and max(1, 5) == 5",
+        "assert candidate(7) == 7",  # setup binds an answer's function under another name (HumanEval style)
+        "assert apply(lambda v: v, 1) == 1",  # a test's own callable cannot cross: this one fails
+    ]
+    result = make_grader(FAST).grade(req(dedent(answer), tests=tests, setup="candidate = check"))
+    assert result.details["passed"] == 7, result.reason
+    assert "test 7" in result.reason and "cannot pass a function" in result.reason
+
+
+def test_a_fake_standard_module_cannot_judge_for_the_answer() -> None:
+    answer = """
+        class FakeMath:
+            @staticmethod
+            def isclose(*args, **kwargs):
+                return True
+
+        math = FakeMath()
+
+        def area(r):
+            return None
+        """
+    tests = ["assert math.isclose(area(10), 314.159, rel_tol=1e-3)"]
+    result = make_grader(FAST).grade(req(dedent(answer), tests=tests))
+    assert result.quality == 0.0 and "TypeError" in result.reason, result.reason  # the real isclose(None, ...)
 
 
 def test_code_tests_concurrent_agrade() -> None:
@@ -278,7 +409,8 @@ def sandbox_processes() -> set[int]:
 class Hostile:
     def __init__(self, iso: Isolation) -> None:
         self.iso = iso
-        self.grader = CodeTestsGrader(limits=SandboxLimits(cpu_seconds=1, wall_seconds=3), isolation=iso)
+        self.grader = CodeTestsGrader(limits=SandboxLimits(cpu_seconds=1, wall_seconds=3), isolation=iso,
+                                      allow_weak_isolation=True)
 
     def __call__(self, answer: str, tests: list[str] = ADD_TESTS) -> tuple[GradeResult, float]:
         start = time.monotonic()
@@ -288,7 +420,7 @@ class Hostile:
 
 @pytest.fixture(params=["detected", "basic"])
 def hostile(request: pytest.FixtureRequest) -> Iterator[Hostile]:
-    """Grade in the best isolation this machine has, and in the weakest (seatbelt + rlimits only)."""
+    """Grade in the best isolation this machine has, and in the weakest (seatbelt + rlimits only, allowed)."""
     before = sandbox_processes()
     yield Hostile(DETECTED if request.param == "detected" else BASIC)
     assert sandbox_processes() <= before, "the sandbox left processes behind"
@@ -328,18 +460,17 @@ def test_kernel_blocks_fork_even_when_the_seatbelt_is_bypassed() -> None:
             if pid == 0:
                 libc._exit(0)
             return pid
-        """
-    thread = """
-        import threading
-        try:
-            threading.Thread(target=print).start()
-        except RuntimeError:
-            pass
-        else:
-            raise AssertionError("thread started")
+
+        def thread():
+            import threading
+            try:
+                threading.Thread(target=print).start()
+            except RuntimeError:
+                return "blocked"
+            return "started"
         """
     before = sandbox_processes()
-    result, _ = Hostile(DETECTED)(bypass, ["assert raw_fork() == -1", thread])
+    result, _ = Hostile(DETECTED)(bypass, ["assert raw_fork() == -1", "assert thread() == 'blocked'"])
     assert result.quality == 1.0, result.reason
     assert sandbox_processes() <= before
 
@@ -357,20 +488,69 @@ def test_huge_output_is_capped(hostile: Hostile) -> None:
 
 def test_environment_is_not_inherited(hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_API_KEY", "sk-fake-0123456789")
-    tests = ["import os\nassert 'SECRET_API_KEY' not in os.environ",
-             "import os\nassert set(os.environ) <= {'PATH', 'LANG', 'LC_CTYPE'}, sorted(os.environ)",
-             "assert b'sk-fake' not in open('/proc/self/environ', 'rb').read()"]
-    if {"uid", "pidns"} & set(hostile.iso.layers):  # the server's own environment is out of reach too
-        tests.append(f"""
-            try:
-                open('/proc/{os.getpid()}/environ', 'rb').read()
-            except OSError:
-                pass
-            else:
-                raise AssertionError('read the parent environment')
-            """)
-    result, _ = hostile("x = 1", tests)
+    answer = """
+        import os
+
+        def env():
+            return dict(os.environ)
+
+        def own_environ():
+            with open("/proc/self/environ", "rb") as f:
+                return f.read()
+        """
+    tests = ["assert 'SECRET_API_KEY' not in env()", "assert set(env()) <= {'PATH', 'LANG', 'LC_CTYPE'}, sorted(env())",
+             "assert b'sk-fake' not in own_environ()"]
+    result, _ = hostile(answer, tests)
     assert result.quality == 1.0, result.reason
+
+
+SECRET_READER = """
+    import os
+
+    def leaked():
+        found = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if b"SECRET_API_KEY=sk-fake" in f.read():
+                        found.append(int(pid))
+            except (OSError, ValueError):
+                pass
+        return found
+    """
+
+
+@pytest.fixture
+def server_with_secret() -> Iterator[int]:
+    """A stand-in for the server: a process whose /proc/<pid>/environ holds an API key (a variable set later in
+    this process with os.environ would not show there)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            env={**os.environ, "SECRET_API_KEY": "sk-fake-0123456789"})
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def separating_isolations() -> list[object]:
+    """Each separating layer on its own (and together), as far as this machine has them."""
+    only_uid = Isolation(DETECTED.python, True, (), ("uid", "rlimits"))
+    only_pidns = Isolation(DETECTED.python, False, DETECTED.prefix, tuple(x for x in DETECTED.layers if x != "uid"))
+    return [pytest.param(DETECTED, id="detected"),
+            pytest.param(only_uid, id="uid", marks=pytest.mark.skipif("uid" not in DETECTED.layers, reason="no uid")),
+            pytest.param(only_pidns, id="pidns",
+                         marks=pytest.mark.skipif("pidns" not in DETECTED.layers, reason="no PID namespace"))]
+
+
+@pytest.mark.skipif(not DETECTED.separated, reason="neither a uid drop nor a PID namespace on this machine")
+@pytest.mark.parametrize("iso", separating_isolations())
+def test_server_environment_is_out_of_reach(iso: Isolation, server_with_secret: int) -> None:
+    assert b"sk-fake" in Path(f"/proc/{server_with_secret}/environ").read_bytes()  # the secret is there to find
+    result, _ = Hostile(iso)(SECRET_READER, ["assert leaked() == []"])
+    assert result.quality == 1.0, result.reason
+    weak, _ = Hostile(BASIC)(SECRET_READER, [f"assert {server_with_secret} in leaked()"])
+    assert weak.quality == 1.0, weak.reason  # why weak isolation needs an explicit opt-in: the probe does find it
 
 
 def test_network_is_blocked(hostile: Hostile) -> None:
@@ -441,10 +621,169 @@ def test_files_are_confined_to_the_temporary_cwd(hostile: Hostile) -> None:
         shutil.rmtree(outside)
 
 
-def test_printed_results_cannot_be_forged(hostile: Hostile) -> None:
-    fake = "\n".join(f"print('\\n{n * 32} PASS {{\"test\": {i}}}')" for i in range(3) for n in "0f")
-    result, _ = hostile(f"{fake}\nprint('DONE')\ndef add(a, b):\n    return None")
-    assert result.quality == 0.0 and result.reason.startswith("0/3 tests passed")
+STRINGS = """
+    import gc
+
+    def strings():  # every str held by a container of this process (strs themselves are not tracked by gc)
+        for o in gc.get_objects():
+            items = [*o.keys(), *o.values()] if isinstance(o, dict) else [*o] if isinstance(o, list | tuple) else ()
+            yield from (item for item in items if isinstance(item, str))
+    """
+
+FAKES = STRINGS + """
+    import os, re
+
+    def fake_lines():
+        nonces = {o for o in strings() if re.fullmatch("[0-9a-f]{32}", o)}
+        lines = []
+        for tag in {"0" * 32, "f" * 32, *nonces}:
+            lines += [f"{tag} PASS {{\\"test\\": {i}}}" for i in range(3)] + [f"{tag} DONE null", f"{tag} READY null"]
+        return "\\n" + "\\n".join(lines) + "\\n"
+
+    def shout():
+        text = fake_lines()
+        print(text, flush=True)
+        for fd in range(32):  # every descriptor this process has: stdout, stderr, its pipes to the judge ...
+            try:
+                os.write(fd, text.encode())
+            except OSError:
+                pass
+    """
+
+FORGERIES = {
+    "printed_result_lines": FAKES + """
+    shout()
+    def add(a, b):
+        shout()
+        return None
+    """,
+    "exit_0_after_fake_output": FAKES + """
+    def add(a, b):
+        shout()
+        os._exit(0)
+    """,
+    "exit_0_at_load_after_fake_output": FAKES + """
+    shout()
+    os._exit(0)
+    """,
+    "frame_walking": """
+    import sys
+
+    def forge():
+        frame = sys._getframe(0)
+        while frame is not None:  # up through the runner's frames: its reporter, its channel, its payload
+            for scope in (frame.f_locals, frame.f_globals):
+                for name, value in list(scope.items()):
+                    if name in ("emit", "report") and callable(value):
+                        for i in range(3):
+                            value("PASS", {"test": i})
+                        value("DONE")
+                    send = getattr(value, "send", None)
+                    if callable(send) and not isinstance(value, type):
+                        for i in range(64):
+                            try:
+                                send({"id": i, "value": True})
+                            except Exception:
+                                pass
+                    if isinstance(value, dict) and "tests" in value:
+                        value["tests"] = ["pass"] * 3
+            frame = frame.f_back
+
+    forge()
+
+    def add(a, b):
+        forge()
+        return None
+    """,
+    "overridden_builtins_and_exit": """
+    import builtins, os, sys
+    builtins.exec = lambda *args, **kwargs: None
+    builtins.compile = lambda *args, **kwargs: None
+    builtins.AssertionError = type("Nope", (Exception,), {})
+    sys.exit = os._exit = lambda *args: None
+
+    def add(a, b):
+        return None
+    """,
+    "objects_equal_to_everything": """
+    class Yes:
+        def __eq__(self, other):
+            return True
+        __ne__ = __lt__ = __gt__ = lambda self, other: False
+        __hash__ = object.__hash__
+
+    class YesInt(int):
+        def __eq__(self, other):
+            return True
+
+    def add(a, b):
+        return Yes() if a > 0 else YesInt(12345)
+    """,
+    "peeking_at_the_tests": STRINGS + """
+    import os
+
+    MARK = "-".join(["zebra", str(7780 + 1)])  # built at run time: the answer's own source does not hold it
+
+    def peek():
+        found = [o for o in strings() if MARK in o and o is not MARK]
+        for pid in os.listdir("/proc"):
+            for part in ("cmdline", "environ"):
+                try:
+                    with open(f"/proc/{pid}/{part}", "rb") as f:
+                        found += [pid] if MARK.encode() in f.read() else []
+                except (OSError, ValueError):
+                    pass
+        for top in [d for d in os.listdir("/tmp") if d.startswith("grader-sandbox-")]:
+            for root, _, files in os.walk(os.path.join("/tmp", top)):
+                for name in files:
+                    try:
+                        with open(os.path.join(root, name), "rb") as f:
+                            found += [name] if MARK.encode() in f.read() else []
+                    except OSError:
+                        pass
+        return found
+
+    FOUND = peek()
+
+    def add(a, b):
+        return {(1, 2): 3, (-1, 1): 0, (2, 2): 5}[a, b] if FOUND or peek() else None
+    """,
+    "writing_into_the_judge_through_proc": f"""
+    import os
+
+    def inject():
+        line = ("\\\\n" + "0" * 32 + ' PASS {{"test": 0}}\\\\n').encode()
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+                    if b"grader-sandbox-{os.getpid()}-judge-" not in f.read():
+                        continue
+                fds = os.listdir(f"/proc/{{pid}}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    w = os.open(f"/proc/{{pid}}/fd/{{fd}}", os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                try:
+                    os.write(w, line)
+                except OSError:
+                    pass
+                os.close(w)
+
+    def add(a, b):
+        inject()
+        return None
+    """,
+}
+
+
+@pytest.mark.parametrize("attack", list(FORGERIES))
+def test_the_answer_cannot_forge_its_score(hostile: Hostile, attack: str) -> None:
+    tests = [*ADD_TESTS[:2], "assert add(2, 2) == 5  # zebra-7781"]  # a correct add fails the last one
+    result, took = hostile(FORGERIES[attack], tests)
+    assert result.quality == 0.0 and took < 4, (result, took)
 
 
 # --- registry --------------------------------------------------------------------------------------------------
@@ -460,6 +799,7 @@ def test_printed_results_cannot_be_forged(hostile: Hostile) -> None:
     ({"type": "format", "ends_with_line": "("}, "ends_with_line"),
     ({"type": "code_tests", "cpu_seconds": 0}, "cpu_seconds"), ({"type": "code_tests", "memory_mb": "1G"}, "memory_mb"),
     ({"type": "code_tests", "require": ["magic"]}, r"require\[0\]"),
+    ({"type": "code_tests", "allow_weak_isolation": "yes"}, "allow_weak_isolation"),
 ])
 def test_make_grader_errors_name_the_field(spec: object, field: str) -> None:
     with pytest.raises(GraderSpecError, match=rf"^{field}: "):

@@ -2,16 +2,17 @@
 
 Quality = passed tests / total tests. A syntax error, an exception before the tests run, a CPU or wall-clock
 timeout, or output over the cap scores 0 with the reason. Each test statement runs on its own (a failing one
-does not stop the others), in the namespace the answer's code left behind. A missing or malformed reference,
-or a sandbox that fails to start, raises :class:`GraderError`. See :mod:`feedback.graders.sandbox` for the
-isolation and its limits; the reason ends with the isolation layers that were in force, e.g.
+does not stop the others) against the names the answer's code left behind. Pass or fail is decided in a
+separate judge process that never runs a line of the answer (see :mod:`feedback.graders.sandbox`), so the
+answer cannot forge its score. A missing or malformed reference, a sandbox that fails to start, or a machine
+without a separating isolation layer (a fresh uid or a PID namespace) unless ``allow_weak_isolation`` is set,
+raises :class:`GraderError`. The reason ends with the isolation layers that were in force, e.g.
 ``[sandbox uid+netns+pidns+nproc+rlimits]``.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Final
 
 from feedback.graders._spec import SpecReader
 from feedback.graders.base import Grader, GradeRequest, GradeResult, GraderSpecError, short
-from feedback.graders.isolation import Isolation, detect_isolation
+from feedback.graders.isolation import SEPARATING, Isolation, detect_isolation
 from feedback.graders.sandbox import SandboxError, SandboxLimits, SandboxRun, run_python_tests
 
 __all__ = ["LAYERS", "CodeTestsGrader", "extract_code"]
@@ -27,6 +28,7 @@ __all__ = ["LAYERS", "CodeTestsGrader", "extract_code"]
 LAYERS: Final = ("uid", "netns", "pidns", "nproc")
 _FENCE: Final = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON: Final = frozenset({"python", "py", "python3", "py3"})
+_CPU_SLACK: Final = 0.8
 
 
 def extract_code(answer: str) -> str:
@@ -38,20 +40,6 @@ def extract_code(answer: str) -> str:
         if chosen:
             return "\n\n".join(chosen)
     return answer.strip("\n")
-
-
-def _events(run: SandboxRun) -> list[tuple[str, Any]]:
-    """The runner's protocol lines, in order; lines without this run's nonce are the answer's own output."""
-    out: list[tuple[str, Any]] = []
-    tag = run.nonce + " "
-    for line in run.stdout.decode("utf-8", "replace").splitlines():
-        if line.startswith(tag):
-            word, _, data = line[len(tag):].partition(" ")
-            try:
-                out.append((word, json.loads(data) if data else None))
-            except ValueError:
-                continue
-    return out
 
 
 def _tail(data: bytes, limit: int = 120) -> str:
@@ -67,15 +55,19 @@ class CodeTestsGrader(Grader):
 
         {"type": "code_tests", "cpu_seconds": 5, "wall_seconds": 10, "memory_mb": 256,
          "max_output_bytes": 1000000, "max_file_bytes": 1000000, "max_open_files": 64,
-         "require": ["netns"]}     # isolation layers that must be available, else GraderError
+         "require": ["netns"],     # isolation layers that must be available, else GraderError
+         "allow_weak_isolation": false}
 
-    ``require`` takes any of ``uid``, ``netns``, ``pidns``, ``nproc`` (see :mod:`feedback.graders.sandbox`).
+    ``require`` takes any of ``uid``, ``netns``, ``pidns``, ``nproc`` (see :mod:`feedback.graders.isolation`).
+    Without ``uid`` or ``pidns`` the answer could read the server's environment (its API keys) and attack the
+    judge process, so grading fails unless ``allow_weak_isolation: true`` accepts that risk explicitly.
     """
 
     type_name = "code_tests"
 
     def __init__(self, name: str | None = None, *, limits: SandboxLimits | None = None,
-                 require: Iterable[str] = (), isolation: Isolation | None = None) -> None:
+                 require: Iterable[str] = (), isolation: Isolation | None = None,
+                 allow_weak_isolation: bool = False) -> None:
         super().__init__(name)
         self.limits = limits or SandboxLimits()
         self.require = tuple(require)
@@ -83,6 +75,7 @@ class CodeTestsGrader(Grader):
             if layer not in LAYERS:
                 raise GraderSpecError(f"require[{i}]", f"{layer!r} is not one of {', '.join(LAYERS)}")
         self._isolation = isolation
+        self.allow_weak_isolation = allow_weak_isolation
 
     @classmethod
     def from_spec(cls, r: SpecReader, name: str | None) -> CodeTestsGrader:
@@ -95,9 +88,9 @@ class CodeTestsGrader(Grader):
             max_file_bytes=r.number("max_file_bytes", d.max_file_bytes, integer=True),
             max_open_files=r.number("max_open_files", d.max_open_files, minimum=8, integer=True),
         )
-        require = r.str_list("require")
+        require, weak = r.str_list("require"), r.flag("allow_weak_isolation", False)
         try:
-            return cls(name, limits=limits, require=require)
+            return cls(name, limits=limits, require=require, allow_weak_isolation=weak)
         except GraderSpecError as exc:
             raise r.fail(exc.field, exc.reason) from None
 
@@ -126,6 +119,10 @@ class CodeTestsGrader(Grader):
         missing = [layer for layer in self.require if layer not in iso.layers]
         if missing:
             raise self.error(f"sandbox lacks required isolation {', '.join(missing)} ({'; '.join(iso.notes)})")
+        if not iso.separated and not self.allow_weak_isolation:
+            raise self.error(f"sandbox isolation too weak: neither {' nor '.join(SEPARATING)} is available here "
+                             f"({'; '.join(iso.notes) or iso.describe()}), so the answer could read the server's "
+                             "environment; set allow_weak_isolation: true to grade anyway")
         try:
             run = run_python_tests(extract_code(request.answer), tests, setup=setup, limits=self.limits,
                                    isolation=iso)
@@ -134,30 +131,39 @@ class CodeTestsGrader(Grader):
         return self._verdict(run, tests)
 
     def _verdict(self, run: SandboxRun, tests: list[str]) -> GradeResult:
-        events, total = _events(run), len(tests)
-        words = {word for word, _ in events}
+        events, total, words = run.events, len(tests), run.words
         tag = f" [sandbox {run.isolation.describe()}]"
         info: dict[str, Any] = {"total": total, "isolation": run.isolation.layers, "elapsed": round(run.elapsed, 3)}
-        if "READY" not in words:
-            raise self.error(f"sandbox failed before running the answer: {_tail(run.stderr)}")
 
         def zero(reason: str) -> GradeResult:
             return self.result(0.0, short(reason, 200 - len(tag)) + tag, passed=0, **info)
 
+        if run.output_exceeded:  # even before the judge's READY: the runners print nothing, the answer does
+            return zero(f"output limit ({self.limits.max_output_bytes} bytes) exceeded")
+        if "READY" not in words:
+            raise self.error(f"sandbox failed before running the answer: {_tail(run.judge.stderr)}")
+        if "NOSTART" in words:  # the answer's runner died before its first untrusted line
+            raise self.error(f"sandbox failed before running the answer: {_tail(run.answer.stderr)}")
+
         first = {word: data for word, data in reversed(events)}
+        # the kernel kills at RLIMIT_CPU, but rusage under-reports it by up to ~10% on a busy machine
+        cpu_limit = max(1, math.ceil(self.limits.cpu_seconds)) * _CPU_SLACK
         if "SYNTAX" in first:
             data = first["SYNTAX"]
             return zero(f"syntax error at line {data.get('line')}: {data.get('error')}")
         if "CRASH" in first:
-            return zero(f"the code failed before the tests: {first['CRASH']}")
-        if run.output_exceeded:
-            return zero(f"output limit ({self.limits.max_output_bytes} bytes) exceeded")
+            return zero(f"the code failed before the tests: {first['CRASH'].get('error')}")
+        if {"GONE", "ENDED"} & words and run.answer.cpu_seconds >= cpu_limit:  # died near its CPU limit
+            return zero(f"CPU time limit ({self.limits.cpu_seconds:g} s) exceeded")
         if run.timed_out:
             return zero(f"wall-clock timeout ({self.limits.wall_seconds:g} s)")
+        if "ENDED" in words:
+            status = run.answer.returncode
+            return zero(f"the program ended before the tests finished (status {status}): {_tail(run.answer.stderr)}")
         if "DONE" not in words:
-            if run.cpu_seconds >= max(1, math.ceil(self.limits.cpu_seconds)) - 0.05:
+            if run.judge.cpu_seconds >= cpu_limit:
                 return zero(f"CPU time limit ({self.limits.cpu_seconds:g} s) exceeded")
-            return zero(f"the program ended before the tests finished (status {run.returncode}): {_tail(run.stderr)}")
+            return zero(f"the tests ended early (status {run.judge.returncode}): {_tail(run.judge.stderr)}")
         outcome: dict[int, str | None] = {}
         for word, data in events:
             if word in ("PASS", "FAIL") and isinstance(data, dict) and data.get("test") not in outcome:

@@ -9,9 +9,14 @@ run reports what it had (``Isolation.layers``):
   this uid may execute (the running one, or e.g. ``/usr/bin/python3.X``).
 * ``netns`` -- ``unshare --user --map-root-user --net``: a network namespace with only a downed loopback, so no
   connection of any kind (a listener on the host's 127.0.0.1 is unreachable).
-* ``pidns`` -- ``--pid --fork --mount-proc``: its own PID namespace and ``/proc``; host processes are invisible.
+* ``pidns`` -- ``--pid --fork --mount-proc``: its own PID namespace and ``/proc``; host processes are invisible
+  (the probe checks that the child is pid 1 there).
 * ``nproc`` -- RLIMIT_NPROC = 1, checked by a real fork attempt in the probe: no fork, no thread. The kernel
   does not enforce it for real root, so it is only listed when the probe saw a fork fail.
+
+``uid`` and ``pidns`` are the *separating* layers (:attr:`Isolation.separated`): either keeps the answer away
+from other processes -- the server's ``/proc/<pid>/environ`` (its API keys) and the sandbox's judge process.
+The ``code_tests`` grader refuses to run without one unless configured with ``allow_weak_isolation``.
 
 On top of these, always: see :mod:`feedback.graders.sandbox`.
 """
@@ -27,13 +32,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["ENV", "Isolation", "detect_isolation", "fresh_uid", "user_kwargs"]
+__all__ = ["ENV", "SEPARATING", "Isolation", "detect_isolation", "fresh_uid", "user_kwargs"]
 
 #: the child's whole environment: nothing is inherited from the server
 ENV: Final = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 _UID_BASE: Final = 1_500_000_000  # fresh uids far above any real account
 _UID_SPAN: Final = 100_000_000
 _PROBE_TIMEOUT: Final = 10.0
+#: layers that keep the child away from other processes; one of them is required unless weak isolation is allowed
+SEPARATING: Final = ("uid", "pidns")
 _UNSHARE_VARIANTS: Final = (
     (("--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"), ("netns", "pidns")),
     (("--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc"), ("netns", "pidns")),
@@ -66,6 +73,11 @@ class Isolation:
     def describe(self) -> str:
         return "+".join(self.layers)
 
+    @property
+    def separated(self) -> bool:
+        """Whether a fresh uid or a PID namespace keeps the child away from the server and the judge."""
+        return any(layer in self.layers for layer in SEPARATING)
+
 
 def user_kwargs(uid: int | None) -> dict[str, Any]:
     return {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
@@ -96,11 +108,11 @@ def _interpreters() -> list[str]:
 
 def _detect() -> Isolation:
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    check = ["-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
+    check = ["-I", "-S", "-c", "import os, sys; print('%d.%d' % sys.version_info[:2], os.getpid())"]
     python, drop, notes = os.path.realpath(sys.executable), False, []
     if os.geteuid() == 0:
         for candidate in _interpreters():
-            if _probe([candidate, *check], fresh_uid()) == version:
+            if (_probe([candidate, *check], fresh_uid()) or "").split(" ")[0] == version:
                 python, drop = candidate, True
                 break
         else:
@@ -110,7 +122,8 @@ def _detect() -> Isolation:
     layers = ["uid"] if drop else []
     unshare = shutil.which("unshare")
     for flags, adds in _UNSHARE_VARIANTS if unshare else ():
-        if _probe([unshare or "", *flags, python, *check], uid()) == version:
+        seen = (_probe([unshare or "", *flags, python, *check], uid()) or "").split(" ")
+        if seen[0] == version and ("pidns" not in adds or seen[1:] == ["1"]):
             prefix = (unshare or "", *flags)
             layers.extend(adds)
             break

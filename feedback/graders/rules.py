@@ -1,4 +1,8 @@
-"""``format`` (alias ``length``): simple format rules; quality = share of rules passed. Pure CPU, no I/O."""
+"""``format`` (alias ``length``): simple format rules; quality = share of rules passed. Pure CPU, no I/O.
+
+``ends_with_line`` is matched with a time bound (see :mod:`feedback.graders._spec`): a pattern that
+backtracks catastrophically on the answer is a :class:`GraderError` saying it timed out, not a low score.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from feedback.graders._spec import SpecReader
+import regex
+
+from feedback.graders._spec import (
+    PatternError,
+    PatternTimeout,
+    SpecReader,
+    bounded_match,
+    compile_pattern,
+    pattern_budget,
+)
 from feedback.graders.base import Grader, GradeRequest, GradeResult, GraderSpecError, short
 
 __all__ = ["FormatGrader", "Rule"]
@@ -49,7 +62,7 @@ class FormatGrader(Grader):
     def __init__(self, name: str | None = None, *, min_chars: int | None = None, max_chars: int | None = None,
                  min_words: int | None = None, max_words: int | None = None, contains: Sequence[str] = (),
                  not_contains: Sequence[str] = (), case_sensitive: bool = True,
-                 ends_with_line: str | re.Pattern[str] | None = None) -> None:
+                 ends_with_line: str | re.Pattern[str] | regex.Pattern[str] | None = None) -> None:
         super().__init__(name)
         for low, high, what in ((min_chars, max_chars, "chars"), (min_words, max_words, "words")):
             if low is not None and high is not None and low > high:
@@ -73,11 +86,14 @@ class FormatGrader(Grader):
         for sub in not_contains:
             add(f"does not contain {sub!r}", _contains(fold(sub), fold, False))
         if ends_with_line is not None:
+            source = ends_with_line if isinstance(ends_with_line, str) else ends_with_line.pattern
+            flags = 0 if isinstance(ends_with_line, str) else int(ends_with_line.flags)
             try:
-                pattern = re.compile(ends_with_line) if isinstance(ends_with_line, str) else ends_with_line
-            except re.error as exc:
-                raise GraderSpecError("ends_with_line", f"not a valid regular expression ({exc})") from None
-            add(f"last line matches /{pattern.pattern}/", lambda a, p=pattern: p.fullmatch(_last_line(a)) is not None)
+                pattern = compile_pattern(source, flags)
+            except PatternError as exc:
+                raise GraderSpecError("ends_with_line", f"not a valid regular expression ({exc.detail})") from None
+            add(f"last line matches /{pattern.pattern}/",
+                lambda a, p=pattern: bounded_match(p, _last_line(a), full=True) is not None)
         if not rules:
             raise GraderSpecError("rules", "no rule configured (give min_chars, max_chars, min_words, max_words, "
                                            "contains, not_contains or ends_with_line)")
@@ -96,7 +112,11 @@ class FormatGrader(Grader):
             raise r.fail(exc.field, exc.reason) from None
 
     def grade(self, request: GradeRequest) -> GradeResult:
-        failed = [rule.label for rule in self.rules if not rule.check(request.answer)]
+        try:
+            with pattern_budget():
+                failed = [rule.label for rule in self.rules if not rule.check(request.answer)]
+        except PatternTimeout as exc:
+            raise self.error(str(exc)) from None
         total = len(self.rules)
         passed = total - len(failed)
         if not failed:

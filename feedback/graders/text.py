@@ -6,7 +6,16 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
-from feedback.graders._spec import SpecReader
+import regex
+
+from feedback.graders._spec import (
+    PatternError,
+    PatternTimeout,
+    SpecReader,
+    bounded_match,
+    compile_pattern,
+    pattern_budget,
+)
 from feedback.graders.base import Grader, GradeRequest, GradeResult, GraderSpecError, short
 
 __all__ = ["ExactMatchGrader", "MultipleChoiceGrader", "RegexGrader", "extract_choice", "normalize_text"]
@@ -168,46 +177,53 @@ class RegexGrader(Grader):
     "multiline": false, "dotall": false, "strip": true}``. ``mode`` is ``search`` (anywhere) or ``full`` (the
     whole answer, after stripping surrounding whitespace unless ``strip: false``). The configured pattern wins;
     without one, ``reference["pattern"]`` is used (a bad reference pattern is a :class:`GraderError`). Patterns
-    come from config and references, not from answers: keep them free of catastrophic backtracking.
+    are matched with a time bound (see :mod:`feedback.graders._spec`): one that backtracks catastrophically on
+    the answer is a :class:`GraderError` saying it timed out, not a quality 0.
     """
 
     type_name = "regex"
 
-    def __init__(self, name: str | None = None, *, pattern: str | re.Pattern[str] | None = None,
+    def __init__(self, name: str | None = None, *, pattern: str | re.Pattern[str] | regex.Pattern[str] | None = None,
                  mode: str = "search", flags: int = 0, strip: bool = True) -> None:
         super().__init__(name)
         if mode not in ("search", "full"):
             raise GraderSpecError("mode", f"{mode!r} is not one of search, full")
         self.mode, self.flags, self.strip = mode, flags, strip
+        if isinstance(pattern, re.Pattern):  # recompiled for the bounded matcher
+            pattern, flags = pattern.pattern, pattern.flags
         try:
-            self.pattern = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
-        except re.error as exc:
-            raise GraderSpecError("pattern", f"not a valid regular expression ({exc})") from None
+            self.pattern = compile_pattern(pattern, flags) if isinstance(pattern, str) else pattern
+        except PatternError as exc:
+            raise GraderSpecError("pattern", f"not a valid regular expression ({exc.detail})") from None
 
     @classmethod
     def from_spec(cls, r: SpecReader, name: str | None) -> RegexGrader:
         flags = 0
-        for key, flag in (("ignore_case", re.IGNORECASE), ("multiline", re.MULTILINE), ("dotall", re.DOTALL)):
+        for key, flag in (("ignore_case", regex.IGNORECASE), ("multiline", regex.MULTILINE), ("dotall", regex.DOTALL)):
             if r.flag(key, False):
                 flags |= flag
         return cls(name, pattern=r.regex("pattern", flags), mode=r.text("mode", "search", choices=("search", "full")),
                    flags=flags, strip=r.flag("strip", True))
 
-    def _pattern(self, request: GradeRequest) -> re.Pattern[str]:
+    def _pattern(self, request: GradeRequest) -> regex.Pattern[str]:
         if self.pattern is not None:
             return self.pattern
         source = self.reference(request, "pattern")
         if not isinstance(source, str):
             raise self.error(f"reference.pattern: expected a string, got {type(source).__name__}")
         try:
-            return re.compile(source, self.flags)
-        except re.error as exc:
-            raise self.error(f"reference.pattern: not a valid regular expression ({exc})") from None
+            return compile_pattern(source, self.flags)
+        except PatternError as exc:
+            raise self.error(f"reference.pattern: not a valid regular expression ({exc.detail})") from None
 
     def grade(self, request: GradeRequest) -> GradeResult:
         pattern = self._pattern(request)
         text = request.answer.strip() if self.strip else request.answer
-        match = pattern.fullmatch(text) if self.mode == "full" else pattern.search(text)
+        try:
+            with pattern_budget():
+                match = bounded_match(pattern, text, full=self.mode == "full")
+        except PatternTimeout as exc:
+            raise self.error(str(exc)) from None
         shown = short(pattern.pattern, 80)
         if match:
             return self.result(1.0, f"matches /{shown}/")
