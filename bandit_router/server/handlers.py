@@ -190,6 +190,8 @@ async def _stream(request: web.Request, service: Service, d: Decision, body: dic
                 return _upstream_error(e, failed)
             await resp.write(_sse_error(e.message, "upstream_error", "upstream_error"))
             await resp.write(b"data: [DONE]\n\n")
+        except ConnectionResetError:
+            raise  # the client left: handled below, not an error of ours
         except Exception:
             if resp is None:
                 raise
