@@ -84,7 +84,7 @@ class _Tracked:
 
 class Service:
     def __init__(self, config: RouterConfig, router: Router, store: Store, providers: dict[str, Provider], *,
-                 cache_size: int = 200_000) -> None:
+                 cache_size: int = 20_000) -> None:
         self.config = config
         self.grading = Grading.from_config(config.grading.graders, config.grading.policy, self.judge_complete)
         self.router = router
@@ -141,7 +141,8 @@ class Service:
         return DecisionRow(event_id=d.event_id or "", created=d.timestamp or t.created, category=d.category,
                            model=d.model, x=d.x.tobytes(), prompt_tokens=d.prompt_tokens,
                            expected_cost=d.expected_cost, cost_weight=d.cost_weight, learn=t.learn,
-                           stamp=d.stamp, quality=d.quality, **fields)
+                           stamp=d.stamp, quality=d.quality,
+                           score_moments=None if d.moments is None else d.moments.tobytes(), **fields)
 
     def _finish(self, d: Decision, **fields: Any) -> None:
         """Write the decision row with its outcome (or update it, when it was written at decision time)."""
@@ -269,32 +270,42 @@ class Service:
         if failed is not None:
             tries.attempts = failed
         text: list[str] = []
-        started = False
+        started = False  # something reached the client: too late to fall back
         result = StreamResult()
         capped = body
         try:
             while True:
                 result = StreamResult()
                 capped = self._cap_output(d, body)
+                held: list[bytes] = []  # chunks of one upstream read, sent to the client in one write
+                text.clear()
                 tries.begin()
                 try:
                     async with contextlib.aclosing(self.providers[d.model].stream(capped, result)) as chunks:
                         async for chunk in chunks:
-                            started = True
                             for choice in chunk.get("choices") or ():
                                 piece = (choice.get("delta") or {}).get("content")
                                 if piece:
                                     text.append(piece)
-                            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                            held.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                            if not result.more:
+                                started = True
+                                yield b"".join(held)
+                                held.clear()
                 except UpstreamError as e:
                     if not started and await tries.failed(e):
                         continue
                     if started:
                         tries.failed_late(e)  # counted against the model; too late to fall back
+                        if held:
+                            yield b"".join(held)
                     raise
                 except BaseException:
                     tries.abandoned()
                     raise
+                if held:
+                    started = True
+                    yield b"".join(held)
                 tries.succeeded()
                 break
         finally:

@@ -52,6 +52,9 @@ class StreamResult:
 
     usage: Usage = field(default_factory=Usage)
     finished: bool = False
+    # True while the chunk just yielded has more behind it from the same network read: the caller
+    # may hold it and send them together (one write to the client instead of one per chunk)
+    more: bool = False
 
 
 class UpstreamError(Exception):

@@ -23,6 +23,8 @@ from .base import (
     transport_error,
 )
 
+MAX_LINE_BYTES = 4 * 1024 * 1024  # an SSE line longer than this is not a chunk
+
 
 def _usage(u: dict[str, Any] | None) -> Usage:
     if not u:
@@ -97,6 +99,25 @@ class OpenAICompatProvider:
         data["model"] = self.name
         return Completion(data, _usage(data.get("usage")))
 
+    def _chunk(self, payload: bytes, result: StreamResult, want_usage: bool) -> dict[str, Any] | None:
+        """One ``data:`` payload as a chunk to pass on (None: the usage chunk the client did not ask for)."""
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise invalid_chunk(self.name) from None
+        if not isinstance(chunk, dict):
+            raise invalid_chunk(self.name)
+        if chunk.get("error"):
+            raise self._stream_error(chunk["error"])
+        chunk["model"] = self.name
+        if chunk.get("usage"):
+            result.usage = _usage(chunk["usage"])
+            if not chunk.get("choices") and not want_usage:
+                return None
+            if not want_usage:
+                chunk.pop("usage", None)
+        return chunk
+
     async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[dict[str, Any]]:
         """Yield chunk objects; the usage chunk is consumed into ``result`` (and yielded only if the
         client asked for it with ``stream_options.include_usage``). ``result.finished`` only after
@@ -108,30 +129,34 @@ class OpenAICompatProvider:
                                          timeout=self._timeout) as resp:
                 if resp.status != 200:
                     raise await self._error(resp)
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        break
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        raise invalid_chunk(self.name) from None
-                    if not isinstance(chunk, dict):
+                pending = b""
+                done = False
+                # whatever arrived in one read, split into SSE lines here: one pass per read, not per line
+                async for data in resp.content.iter_any():
+                    pending += data
+                    lines = pending.split(b"\n")
+                    pending = lines.pop()
+                    if len(pending) > MAX_LINE_BYTES:
                         raise invalid_chunk(self.name)
-                    if chunk.get("error"):
-                        raise self._stream_error(chunk["error"])
-                    chunk["model"] = self.name
-                    if chunk.get("usage"):
-                        result.usage = _usage(chunk["usage"])
-                        if not chunk.get("choices") and not want_usage:
-                            continue
-                        if not want_usage:
-                            chunk.pop("usage", None)
-                    yield chunk
-                else:
+                    payloads = []
+                    for raw in lines:
+                        line = raw.strip()
+                        if line.startswith(b"data:"):
+                            payload = line[5:].strip()
+                            if payload == b"[DONE]":
+                                done = True
+                                break
+                            payloads.append(payload)
+                    last = len(payloads) - 1
+                    for i, payload in enumerate(payloads):  # parsed one by one: an error comes after the good ones
+                        chunk = self._chunk(payload, result, want_usage)
+                        if chunk is not None:
+                            result.more = i < last
+                            yield chunk
+                    result.more = False
+                    if done:
+                        break
+                if not done:
                     raise cut_short(self.name, "data: [DONE]")
         except (TimeoutError, aiohttp.ClientError) as e:
             raise transport_error(self.name, e) from None
