@@ -200,8 +200,14 @@ def run_demo(*, requests: int = 3000, seed: int = 0, db: str = "bandit_router_de
                 elapsed = time.monotonic() - t0
                 arms = urllib.request.Request(router_url + "/admin/arms",
                                               headers={"Authorization": f"Bearer {admin_token}"})
-                with urllib.request.urlopen(arms, timeout=10) as r:
-                    graders = json.loads(r.read())["graders"]
+                deadline = time.monotonic() + 15  # gradings run in the background: let the last ones land
+                while True:
+                    with urllib.request.urlopen(arms, timeout=10) as r:
+                        graders = json.loads(r.read())["graders"]
+                    done = sum(n for counts in graders.values() for n in counts.values())
+                    if done >= requests or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
                 console.print(f"the router learned only from its own grader: {graders}")
             finally:
                 stop(router)
