@@ -21,7 +21,7 @@ from ..providers.anthropic import AnthropicProvider
 from ..router import Router
 from ..service import Service
 from ..storage import open_store
-from . import admin, handlers
+from . import admin, dashboard, handlers
 from .auth import AuthSettings, log_summary, make_auth_middleware
 from .errors import error_middleware
 from .keys import CONFIG, DB_PATH, SCHEDULER, SERVICE
@@ -113,5 +113,6 @@ def make_app(config: RouterConfig, *, db_path: str | Path | None = None,
     app.router.add_post("/admin/models/{name}/disable", admin.disable)
     app.router.add_post("/admin/models/{name}/enable", admin.enable)
     app.router.add_get("/healthz", admin.healthz)
+    dashboard.setup(app)  # GET /admin/dashboard, GET /admin/timeline
     add_openapi(app)
     return app

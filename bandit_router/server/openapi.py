@@ -121,12 +121,24 @@ def _response_schemas() -> dict[str, Any]:
         "graders": {"type": "object", "description": "grader -> outcome counts",
                     "additionalProperties": {"type": "object", "additionalProperties": _INT}},
     })
+    timeline = _obj({
+        "now": _NUM, "start": {**_NUM, "description": "unix seconds: the first bucket's start"},
+        "bucket_s": _INT, "buckets": _INT, "models": {"type": "array", "items": _STR},
+        "categories": {"type": "object", "description": "category -> model -> decisions per bucket, oldest "
+                       "first (models with none in the window left out)",
+                       "additionalProperties": {"type": "object", "additionalProperties": {
+                           "type": "array", "items": {"type": "integer", "minimum": 0}}}},
+        "events": {"type": "array", "description": "breaker changes and detected quality drift, newest first",
+                   "items": _obj({"t": _NUM, "kind": {"type": "string", "enum": ["breaker", "drift"]},
+                                  "model": _STR, "category": {"type": ["string", "null"]}, "message": _STR})},
+    })
     enabled = _obj({"model": _STR, "enabled": _BOOL})
     health = _obj({"status": {"type": "string", "examples": ["ok"]}, "models": _INT, "queue_depth": _INT})
     return {"Error": error, "RouterInfo": router_info, "ChatCompletion": completion,
             "ChatCompletionEvent": event, "Candidate": candidate,
             "RouteResponse": route, "FeedbackResponse": feedback, "Model": model, "ModelList": models,
-            "ArmStats": arm, "ArmsResponse": arms, "ModelEnabled": enabled, "Health": health}
+            "ArmStats": arm, "ArmsResponse": arms, "ModelEnabled": enabled, "Health": health,
+            "Timeline": timeline}
 
 
 def _feedback_request() -> dict[str, Any]:
@@ -243,6 +255,26 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
             "operationId": "adminArms", "tags": ["admin"], "security": admin,
             "summary": "Per category and model: decisions, feedback, posterior quality, cost, traffic share.",
             "responses": {"200": _json(_ref("ArmsResponse"), "The statistics."), **_errors(401, 403)},
+        }},
+        "/admin/dashboard": {"get": {
+            "operationId": "adminDashboard", "tags": ["admin"], "security": admin,
+            "summary": "The dashboard page (self-contained HTML; its script polls /admin/arms and /admin/timeline "
+                       "with the token given as #token=... or in its form).",
+            "responses": {"200": {"description": "The page.", "content": {"text/html": {"schema": _STR}}},
+                          **_errors(401, 403)},
+        }},
+        "/admin/timeline": {"get": {
+            "operationId": "adminTimeline", "tags": ["admin"], "security": admin,
+            "summary": "Decisions per category, model and time bucket over a window, and recent breaker and "
+                       "drift events.",
+            "parameters": [
+                {"name": "bucket_s", "in": "query", "required": False, "description": "bucket width in seconds",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60}},
+                {"name": "window_s", "in": "query", "required": False,
+                 "description": "window in seconds, ending now; at most 1,440 buckets",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 604800, "default": 3600}},
+            ],
+            "responses": {"200": _json(_ref("Timeline"), "The timeline."), **_errors(401, 403, 422)},
         }},
         "/healthz": {"get": {
             "operationId": "healthz", "tags": ["ops"], "security": public,

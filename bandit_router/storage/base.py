@@ -137,6 +137,10 @@ class Store(Protocol):
     async def recent_decisions(self, category: str, limit: int = 1000) -> list[tuple[str, float]]:
         """(model, created) of the category's latest decisions, newest first."""
 
+    async def decision_histogram(self, since: float, bucket_s: float) -> list[tuple[str, str, int, int]]:
+        """(category, model, bucket, decisions) for the decisions created at or after ``since``,
+        counted in ``bucket_s``-wide buckets (bucket 0 starts at ``since``); empty buckets omitted."""
+
     async def decision_counts(self) -> dict[tuple[str, str], int]:
         """Number of decisions (learned or not) per (category, model)."""
 

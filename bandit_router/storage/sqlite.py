@@ -259,6 +259,14 @@ class SQLiteStore(QueuedStore):
         sql = "SELECT model, created FROM decisions WHERE category = ? ORDER BY created DESC, rowid DESC LIMIT ?"
         return await self._read(lambda db: [(m, c) for m, c in db.execute(sql, [category, int(limit)])])
 
+    async def decision_histogram(self, since: float, bucket_s: float) -> list[tuple[str, str, int, int]]:
+        if not bucket_s > 0:
+            raise ValueError(f"bucket_s must be > 0, got {bucket_s!r}")
+        sql = ("SELECT category, model, CAST((created - ?) / ? AS INTEGER) AS b, count(*) FROM decisions "
+               "WHERE created >= ? GROUP BY category, model, b ORDER BY category, model, b")
+        args = [float(since), float(bucket_s), float(since)]
+        return await self._read(lambda db: [(c, m, int(b), n) for c, m, b, n in db.execute(sql, args)])
+
     async def decision_counts(self) -> dict[tuple[str, str], int]:
         sql = "SELECT category, model, count(*) FROM decisions GROUP BY category, model"
         return await self._read(lambda db: {(c, m): n for c, m, n in db.execute(sql)})
