@@ -41,7 +41,7 @@ MAX_BODY = 64 * 1024
 CODING = [{"role": "user", "content": "Write a Python function that reverses a linked list."}]
 ROUTES = {("post", "/v1/chat/completions"), ("post", "/v1/route"), ("post", "/v1/feedback"), ("get", "/v1/models"),
           ("get", "/admin/arms"), ("post", "/admin/models/{name}/disable"), ("post", "/admin/models/{name}/enable"),
-          ("get", "/healthz"), ("get", "/openapi.json")}
+          ("get", "/healthz"), ("get", "/openapi.json"), ("get", "/admin/dashboard"), ("get", "/admin/timeline")}
 EXAMPLES_PER_OPERATION = 25
 
 # Positive and negative data; the explicit examples and fuzzing phases (the coverage phase is

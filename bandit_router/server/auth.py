@@ -158,6 +158,13 @@ def _scrub(resp: web.StreamResponse, secrets: tuple[str, ...]) -> web.StreamResp
     return resp
 
 
+def _dashboard_page(request: web.Request) -> bool:
+    """The dashboard's page is static code with no data (its script sends the bearer token on every
+    data request), so a browser may load it from a plain link; local-only and "admin disabled"
+    still apply to it."""
+    return request.method in ("GET", "HEAD") and request.path == "/admin/dashboard"
+
+
 def make_auth_middleware(settings: AuthSettings):  # type: ignore[no-untyped-def]
     @web.middleware
     async def auth_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
@@ -167,7 +174,7 @@ def make_auth_middleware(settings: AuthSettings):  # type: ignore[no-untyped-def
                 return error(403, "admin API is local-only (--admin-local-only): requests must come from a "
                                   "loopback address", code="admin_local_only")
             if settings.admin_digest is not None:
-                if not _matches(bearer(request), (settings.admin_digest,)):
+                if not _matches(bearer(request), (settings.admin_digest,)) and not _dashboard_page(request):
                     return _unauthorized("admin API: missing or wrong bearer token (Authorization: Bearer <token>)",
                                          "invalid_admin_token")
             elif not settings.admin_local_only:
