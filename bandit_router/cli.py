@@ -106,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     web.run_app(app, host=host, port=port, access_log=logging.getLogger("aiohttp.access") if args.access_log
                 else None, print=lambda *a: print(f"bandit-router serving on http://{host}:{port}", flush=True),
-                loop=loop)
+                loop=loop, backlog=2048)  # bursts of new connections queue instead of being reset
     return 0
 
 
@@ -133,6 +133,72 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       latency_scale=args.latency_scale)
     except ProfileError as e:
         raise ValueError(f"simulate: {e}") from None
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .report.stats import fetch_arms, render
+
+    data = fetch_arms(args.url, args.token, timeout=args.timeout)
+    if args.json:
+        cats = data["categories"]
+        if args.category is not None:
+            render(data, category=args.category, console=_NullConsole())  # the same check of the name
+            data = {**data, "categories": {args.category: cats[args.category]}}
+        print(json.dumps(data, indent=2))
+        return 0
+    from rich.console import Console
+
+    render(data, category=args.category, console=Console(width=None if sys.stdout.isatty() else 160))
+    return 0
+
+
+class _NullConsole:
+    def print(self, *a, **k) -> None:
+        pass
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .report import Options, make_report, print_summary
+
+    prices = None
+    if args.config:
+        from .config import load_config
+
+        prices = {m.name: (m.input_price, m.output_price) for m in load_config(args.config).models}
+    if not 0.0 < args.min_propensity < 1.0:
+        raise ValueError("report: --min-propensity must be in (0, 1)")
+    opts = Options(floor=args.min_propensity, reps=args.bootstrap, seed=args.seed, min_feedback=args.min_feedback,
+                   prices=prices)
+    bar = None
+    tasks: dict[str, int] = {}
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), transient=True)
+        bar.start()
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if bar is None:
+            return
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    try:
+        summary = make_report(args.db, args.out, options=opts, since=args.since, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        print_summary(summary, console)
+        console.print("wrote " + ", ".join(summary["files"]))
     return 0
 
 
@@ -199,6 +265,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cost-weight", type=float, default=20.0)
     d.add_argument("--json", action="store_true", help="also print the summary as JSON")
     d.set_defaults(func=cmd_demo)
+
+    st = sub.add_parser("stats", help="a running router's arm table (GET /admin/arms) in the terminal")
+    st.add_argument("--url", default="http://127.0.0.1:8000", help="the router (default http://127.0.0.1:8000)")
+    st.add_argument("--token", default=None,
+                    help="admin token (default: the BANDIT_ROUTER_ADMIN_TOKEN environment variable)")
+    st.add_argument("--category", default=None, help="only this category")
+    st.add_argument("--json", action="store_true", help="print the JSON instead of tables")
+    st.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    st.set_defaults(func=cmd_stats)
+
+    rp = sub.add_parser("report", help="PNGs, a summary and off-policy estimates from the decision log")
+    rp.add_argument("--db", required=True, help="the router's SQLite file (opened read-only)")
+    rp.add_argument("--out", required=True, help="directory for the PNGs and report.json")
+    rp.add_argument("--config", default=None,
+                    help="the router's config: model prices for counterfactual costs (default: fitted from the log)")
+    rp.add_argument("--since", type=float, default=None, metavar="UNIX_SECONDS", help="only decisions from then on")
+    rp.add_argument("--min-propensity", type=float, default=0.01,
+                    help="propensity floor for the IPS/DR weights (default 0.01)")
+    rp.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the CIs (default 500)")
+    rp.add_argument("--min-feedback", type=int, default=10,
+                    help="feedback a model needs in a category to be its best model (default 10)")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--json", action="store_true", help="print report.json instead of tables")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -369,6 +369,19 @@ class ArmPosteriors:
         v += y[:k]
         return v
 
+    def sample_moments(self, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`sample` (the same arithmetic, so the same draw), and the per-arm sd of θ_k·x:
+        ``(draw, sd)`` with ``draw = θ̂_k·x + sd * z``."""
+        k = self.k
+        y = self.W @ x
+        sd = y[k:].reshape(k, self.d) @ x
+        np.maximum(sd, 0.0, out=sd)
+        np.sqrt(sd, out=sd)
+        sd *= self.sigma
+        v = sd * z
+        v += y[:k]
+        return v, sd
+
     def mean_quality(self, i: int, x: np.ndarray | None = None) -> tuple[float, float]:
         """Exact posterior mean and sd of quality on arm i, at ``x`` or at the arm's mean features."""
         post = self.get(i)

@@ -88,6 +88,38 @@ class Decision:
     timestamp: float | None = None
     quality: float | None = None  # the quality learned so far (None: no feedback yet)
     stamp: float | None = None  # when it was learned, in the posterior's log-weight units
+    # What an off-policy estimate needs to recover the choice's probability (Thompson sampling has
+    # no closed form): the draw was score_mean + score_sd·N(0,1) per arm, independently, and the
+    # largest was chosen. Kept as the sampler computed them (no extra work on the hot path); the
+    # properties below derive the moments. None for a decision rebuilt from a stored row.
+    draw_sd: np.ndarray | None = None  # per arm: posterior sd of θ·x (explore not applied)
+    draw_z: np.ndarray | None = None  # per arm: the draw's standard normals, already times ``explore``
+    explore: float = 1.0
+
+    @property
+    def score_mean(self) -> np.ndarray | None:
+        """Per arm: the mean of its score, posterior mean quality − cost_weight × cost (−inf where
+        the arm was not eligible)."""
+        if self.draw_sd is None or self.draw_z is None or len(self.scores) != len(self.draw_sd):
+            return None  # (also once the scores were dropped, after the decision's row was written)
+        return self.scores - self.draw_sd * self.draw_z
+
+    @property
+    def score_sd(self) -> np.ndarray | None:
+        """Per arm: the sd of its Thompson draw, ``explore`` included."""
+        return None if self.draw_sd is None else self.draw_sd * self.explore
+
+    @property
+    def chosen(self) -> int:
+        """The arm the policy chose: ``arm`` until a fallback switches the decision to another model."""
+        return int(self.scores.argmax()) if len(self.scores) else self.arm
+
+    def moments(self) -> np.ndarray | None:
+        """``[chosen, score_mean × K, score_sd × K]`` as one float64 array (what the log stores), or None."""
+        mean, sd = self.score_mean, self.score_sd
+        if mean is None or sd is None:
+            return None
+        return np.concatenate(([float(self.chosen)], mean, sd))
 
 
 class TooManyCategories(ValueError):
@@ -283,7 +315,8 @@ class Router:
             self._z = self._rng.standard_normal((1024, len(self.specs)))
             self._z *= self.settings.explore  # the draws' sd scale, applied once per block
             self._zi = 0
-        q = cat.arms.sample(x, self._z[self._zi])
+        z = self._z[self._zi]
+        q, sd = cat.arms.sample_moments(x, z)
         self._zi += 1
         costs = prompt_tokens * self.prices.input_per_token
         costs += cat.out_cost
@@ -296,7 +329,7 @@ class Router:
         w = self.settings.cost_weight if cost_weight is None else cost_weight
         k, scores = choose(q, costs, w, penalty)
         return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), float(costs[k]), w,
-                        scores, costs, event_id, timestamp)
+                        scores, costs, event_id, timestamp, None, None, sd, z, self.settings.explore)
 
     # -- learning ----------------------------------------------------------------------------
     def _forget(self, cat: _Category, now: float | None, events: int = 1) -> None:

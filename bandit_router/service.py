@@ -142,7 +142,7 @@ class Service:
                            model=d.model, x=d.x.tobytes(), prompt_tokens=d.prompt_tokens,
                            expected_cost=d.expected_cost, cost_weight=d.cost_weight, learn=t.learn,
                            stamp=d.stamp, quality=d.quality,
-                           score_moments=None if d.moments is None else d.moments.tobytes(), **fields)
+                           score_moments=None if (m := d.moments()) is None else m.tobytes(), **fields)
 
     def _finish(self, d: Decision, **fields: Any) -> None:
         """Write the decision row with its outcome (or update it, when it was written at decision time)."""

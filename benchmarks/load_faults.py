@@ -3,7 +3,8 @@
     python benchmarks/load_faults.py [--rate 1000] [--seconds 60] [--json out/load_faults.json]
 
 Real processes on loopback: ``bandit-router simulate`` (the seed article's four models, answering at
-once) with gpt-5.4 failing 30% of calls (500) and gemini-3.1-pro hanging on 10% (no answer for 60 s),
+once); after the warm-up, the model the router uses most fails 30% of calls (500) and the next one
+hangs on 10% (no answer for 60 s),
 and ``bandit-router serve`` in front of it (SQLite in a temporary directory, a 1 s first-byte
 timeout, the default retries, fallbacks and breakers). An open-loop generator starts ``--rate``
 requests a second for ``--seconds``: 70% plain completions, 30% streamed, each followed by feedback
@@ -144,7 +145,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=1000.0, help="requests started per second")
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--warmup", type=float, default=5.0, help="seconds at the same rate before measuring")
+    ap.add_argument("--warmup", type=float, default=30.0,
+                    help="seconds at the same rate before measuring: fills the bounded caches (10k recent decisions)")
     ap.add_argument("--max-in-flight", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
@@ -165,10 +167,6 @@ def main() -> int:
         try:
             import urllib.request
 
-            for name, change in (("gpt-5.4", {"fail_rate": 0.3}), ("gemini-3.1-pro", {"hang_rate": 0.1})):
-                req = urllib.request.Request(f"{sim_url}/admin/models/{name}", data=json.dumps(change).encode(),
-                                             headers={"Content-Type": "application/json"}, method="POST")
-                urllib.request.urlopen(req).read()
             cfg = yaml.safe_load(EXAMPLE_CONFIG)
             for m in cfg["models"]:
                 m["base_url"] = sim_url + "/v1"
@@ -180,6 +178,19 @@ def main() -> int:
                             "--db", str(tmp / "load.db")], url + "/healthz")
             warm = Tally()
             asyncio.run(drive(url, args.rate, args.warmup, args.max_in_flight, args.seed + 1, warm, None))
+            # the faults go to the two models the router uses most, so they are felt (a model it barely
+            # uses could fail every call unnoticed): the busiest fails 30%, the next hangs on 10%
+            arms_req = urllib.request.Request(url + "/admin/arms", headers={"Authorization": f"Bearer {token}"})
+            traffic: dict[str, int] = {}
+            for models in json.loads(urllib.request.urlopen(arms_req).read())["categories"].values():
+                for name, a in models.items():
+                    traffic[name] = traffic.get(name, 0) + a["decisions"]
+            busiest = sorted(traffic, key=traffic.__getitem__, reverse=True)
+            faults = {busiest[0]: {"fail_rate": 0.3}, busiest[1]: {"hang_rate": 0.1}}
+            for name, change in faults.items():
+                req = urllib.request.Request(f"{sim_url}/admin/models/{name}", data=json.dumps(change).encode(),
+                                             headers={"Content-Type": "application/json"}, method="POST")
+                urllib.request.urlopen(req).read()
             rss_start = rss_mb(router.pid)
             tally = Tally()
             with Progress(TextColumn("[bold]load"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -187,7 +198,6 @@ def main() -> int:
                 elapsed = asyncio.run(drive(url, args.rate, args.seconds, args.max_in_flight, args.seed, tally,
                                             progress))
             rss_end = rss_mb(router.pid)
-            arms_req = urllib.request.Request(url + "/admin/arms", headers={"Authorization": f"Bearer {token}"})
             try:
                 arms = json.loads(urllib.request.urlopen(arms_req).read())
             except Exception as e:  # noqa: BLE001 - report what we can
@@ -214,7 +224,12 @@ def main() -> int:
         "feedback_refused": tally.feedback_failed, "feedback_lost": lost, "p50_ms": q(0.5), "p99_ms": q(0.99),
         "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_growth": rss_end / rss_start - 1,
         "breakers": {m: h for m, h in (arms.get("health") or {}).items()} if isinstance(arms, dict) else {},
+        "faults": faults, "warmup_traffic": traffic,
     }
+    print(f"faults: {faults} (the two busiest models after warm-up: {traffic})")
+    health = result["breakers"]
+    print("router's view: " + "; ".join(f"{m} {h['calls']} calls, {h['failures']} failed, breaker opened "
+                                        f"{h['times_opened']}x" for m, h in health.items()))
     print(f"{tally.sent} requests in {elapsed:.1f} s ({result['achieved_rps']:.0f}/s asked {args.rate:g}/s; "
           f"{tally.not_sent} not sent: in-flight cap)")
     print(f"success {100 * result['success_rate']:.3f}% (goal >= 99.9%)  errors {tally.errors}  "

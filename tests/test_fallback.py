@@ -213,3 +213,14 @@ async def test_a_stream_that_dies_midway_ends_with_an_error_event_then_done(flak
     events = [line for line in text.split("\n\n") if line.strip()]
     assert '"error"' in events[-2] and events[-1] == "data: [DONE]"
     await sdk.close()
+
+
+@pytest.mark.asyncio
+async def test_a_hanging_model_times_out_at_first_byte_when_streaming_too(sim, aiohttp_client, tmp_path):
+    client, _ = await _router(aiohttp_client, tmp_path, sim.port, retries=0)
+    await _sim_set(sim, "gpt-5.4", {"hang_rate": 1.0, "hang_s": 30})
+    t0 = time.monotonic()
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING, "stream": True})
+    text = await r.text()
+    assert r.status == 200 and r.headers["X-Router-Model"] == "glm-5" and text.rstrip().endswith("[DONE]")
+    assert time.monotonic() - t0 < 5

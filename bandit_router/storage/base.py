@@ -61,6 +61,10 @@ class DecisionRow:
     completion_tokens: int | None = None
     status: str = "routed"  # "routed" | "completed" | "failed"
     tenant: str | None = None
+    # For off-policy evaluation: float64 array [chosen arm, score mean × K, score sd × K] as bytes
+    # (``Decision.moments()``); the chosen arm's propensity is P(its normal draw is the largest).
+    # None for rows written before it was recorded.
+    score_moments: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -203,7 +207,8 @@ def decision_record(r: DecisionRow) -> dict[str, Any]:
             "stamp": _opt(_real, r.stamp, "stamp"), "quality": _opt(_real, r.quality, "quality"),
             "cost_usd": _opt(_real, r.cost_usd, "cost_usd"),
             "completion_tokens": _opt(_int, r.completion_tokens, "completion_tokens"),
-            "status": _status(r.status), "tenant": _opt(_text, r.tenant, "tenant")}
+            "status": _status(r.status), "tenant": _opt(_text, r.tenant, "tenant"),
+            "score_moments": _opt(_blob, r.score_moments, "score_moments")}
 
 
 def decision_update(event_id: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -40,12 +40,14 @@ from .writer import DECISION, EXPIRE, FEEDBACK, STATE, UPDATE, Op, QueuedStore
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# 1: the first schema; 2: decisions.score_moments (nullable BLOB), added in place to a version-1 file
+SCHEMA_VERSION = 2
 _DECISION_COLS = ("event_id", "created", "category", "model", "x", "prompt_tokens", "expected_cost",
-                  "cost_weight", "learn", "stamp", "quality", "cost_usd", "completion_tokens", "status", "tenant")
+                  "cost_weight", "learn", "stamp", "quality", "cost_usd", "completion_tokens", "status", "tenant",
+                  "score_moments")
 _FEEDBACK_COLS = ("event_id", "source", "quality", "kind", "weight", "raw", "created")
 _DECISION_ROW_SQL = f"({', '.join('?' for _ in _DECISION_COLS)})"
-_ROWS_PER_INSERT = 256  # 256 × 15 parameters, well under SQLite's 32,766
+_ROWS_PER_INSERT = 256  # 256 × 16 parameters, well under SQLite's 32,766
 
 
 def _insert_decisions(db: Database, decisions: list[dict[str, Any]]) -> None:
@@ -153,10 +155,12 @@ class SQLiteStore(QueuedStore):
             db["decisions"].create(
                 {"event_id": str, "created": float, "category": str, "model": str, "x": bytes, "prompt_tokens": int,
                  "expected_cost": float, "cost_weight": float, "learn": bool, "stamp": float, "quality": float,
-                 "cost_usd": float, "completion_tokens": int, "status": str, "tenant": str},
+                 "cost_usd": float, "completion_tokens": int, "status": str, "tenant": str, "score_moments": bytes},
                 pk="event_id", defaults={"status": "routed"}, if_not_exists=True,
                 not_null={"created", "category", "model", "x", "prompt_tokens", "expected_cost", "cost_weight",
                           "learn", "status"})
+            if "score_moments" not in db["decisions"].columns_dict:  # migration 1 -> 2 (older rows stay NULL)
+                db.execute("ALTER TABLE decisions ADD COLUMN score_moments BLOB")
             db["decisions"].create_index(["category", "created"], index_name="idx_decisions_category_created",
                                          if_not_exists=True)
             db["decisions"].create_index(["created"], index_name="idx_decisions_created", if_not_exists=True)
