@@ -56,6 +56,9 @@ class _EventIds:
         return f"{int(now * 1000):012x}" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+_NONE = np.empty(0)
+
+
 class UnknownEvent(LookupError):
     pass
 
@@ -73,7 +76,7 @@ class Hints:
     reference: dict[str, Any] | None = None  # what graders compare the answer with (not stored)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tracked:
     decision: Decision
     learn: bool
@@ -84,7 +87,7 @@ class _Tracked:
 
 class Service:
     def __init__(self, config: RouterConfig, router: Router, store: Store, providers: dict[str, Provider], *,
-                 cache_size: int = 20_000) -> None:
+                 cache_size: int = 10_000) -> None:
         self.config = config
         self.grading = Grading.from_config(config.grading.graders, config.grading.policy, self.judge_complete)
         self.router = router
@@ -156,6 +159,9 @@ class Service:
         except StoreOverloaded:  # the answer is already on its way; say so loudly, do not fail it
             self.unrecorded += 1
             log.warning("storage queue full: decision %s not recorded (%d so far)", d.event_id, self.unrecorded)
+        # only a fallback and the logged moments needed these: keep the tracked decision small
+        d.scores = d.costs = _NONE
+        d.draw_sd = d.draw_z = None
 
     def _track(self, event_id: str, t: _Tracked) -> None:
         self._tracked[event_id] = t
