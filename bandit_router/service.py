@@ -101,6 +101,7 @@ class Service:
         r = config.reliability
         self.breakers = Breakers(router.models, failures=r.breaker_failures, cooldown_s=r.breaker_cooldown_s)
         self._rng = random.Random()
+        self.metrics: Any = None  # server.metrics.Metrics: decided(d), cost(d, usd), feedback(source)
 
     # -- deciding ----------------------------------------------------------------------------
     def decide(self, messages: Sequence[Message], hints: Hints, *, model: str | None = None,
@@ -136,6 +137,8 @@ class Service:
         else:
             self._inflight[event_id] = t  # kept until its row is written, whatever the LRU evicts
         self._track(event_id, t)
+        if self.metrics is not None:
+            self.metrics.decided(d)
         return d
 
     @staticmethod
@@ -183,6 +186,8 @@ class Service:
         if usage.completion_tokens:
             self.router.observe_output(d, usage.completion_tokens)
         self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
+        if self.metrics is not None:
+            self.metrics.cost(d, cost)
         return cost
 
     def _cap_output(self, d: Decision, body: dict[str, Any]) -> dict[str, Any]:
@@ -364,6 +369,8 @@ class Service:
         await self.store.record_feedback(
             FeedbackRow(event_id, signal.source, signal.quality, signal.kind, signal.weight,
                         orjson.dumps(raw).decode(), now), state=state)
+        if self.metrics is not None:
+            self.metrics.feedback(signal.source)
         return {"event_id": event_id, "source": signal.source, "quality": signal.quality,
                 "decision_quality": quality, "model": d.model, "category": d.category, "learned": t.learn}
 

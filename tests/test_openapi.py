@@ -41,7 +41,8 @@ MAX_BODY = 64 * 1024
 CODING = [{"role": "user", "content": "Write a Python function that reverses a linked list."}]
 ROUTES = {("post", "/v1/chat/completions"), ("post", "/v1/route"), ("post", "/v1/feedback"), ("get", "/v1/models"),
           ("get", "/admin/arms"), ("post", "/admin/models/{name}/disable"), ("post", "/admin/models/{name}/enable"),
-          ("get", "/healthz"), ("get", "/openapi.json"), ("get", "/admin/dashboard"), ("get", "/admin/timeline")}
+          ("get", "/healthz"), ("get", "/openapi.json"), ("get", "/admin/dashboard"), ("get", "/admin/timeline"),
+          ("get", "/metrics")}
 EXAMPLES_PER_OPERATION = 25
 
 # Positive and negative data; the explicit examples and fuzzing phases (the coverage phase is
@@ -293,7 +294,7 @@ def _over_budget(response: schemathesis.Response) -> bool:
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck))
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(case, live):
-    headers = ADMIN if case.path.startswith("/admin/") else CLIENT
+    headers = ADMIN if case.path.startswith("/admin/") or case.path == "/metrics" else CLIENT
     response = case.call(base_url=live.url, headers=headers)
     SEEN[case.operation.label][response.status_code] += 1
     excluded = [not_a_server_error] if _over_budget(response) else None

@@ -21,7 +21,7 @@ from ..providers.anthropic import AnthropicProvider
 from ..router import Router
 from ..service import Service
 from ..storage import open_store
-from . import admin, dashboard, handlers
+from . import admin, dashboard, handlers, metrics
 from .auth import AuthSettings, log_summary, make_auth_middleware
 from .errors import error_middleware
 from .keys import CONFIG, DB_PATH, SCHEDULER, SERVICE
@@ -100,7 +100,7 @@ def make_app(config: RouterConfig, *, db_path: str | Path | None = None,
     auth = AuthSettings.from_config(config, admin_local_only=admin_local_only)
     log_summary(auth, config)
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[error_middleware, make_auth_middleware(auth)])
+                          middlewares=[metrics.metrics_middleware, error_middleware, make_auth_middleware(auth)])
     app[CONFIG] = config
     app[DB_PATH] = str(db_path or config.storage.path)
     app.cleanup_ctx.append(_service_ctx)
@@ -114,5 +114,6 @@ def make_app(config: RouterConfig, *, db_path: str | Path | None = None,
     app.router.add_post("/admin/models/{name}/enable", admin.enable)
     app.router.add_get("/healthz", admin.healthz)
     dashboard.setup(app)  # GET /admin/dashboard, GET /admin/timeline
+    metrics.setup(app)  # GET /metrics (admin auth), after the service's cleanup context
     add_openapi(app)
     return app

@@ -128,6 +128,8 @@ def _area(request: web.Request) -> str | None:
     resource = request.match_info.route.resource
     if resource is not None:
         paths.append(resource.canonical)
+    if "/metrics" in paths:  # Prometheus scrapes with the admin token (scrape config: authorization)
+        return "admin"
     for area in ("admin", "v1"):
         if any(p == f"/{area}" or p.startswith(f"/{area}/") for p in paths):
             return area

@@ -281,6 +281,13 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
             "summary": "Liveness, the number of models and the storage queue depth.",
             "responses": {"200": _json(_ref("Health"), "Up.")},
         }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "tags": ["ops"], "security": admin,
+            "summary": "Prometheus metrics (text exposition format): requests, latency, decisions, traffic share, "
+                       "cost, feedback, posterior quality, breakers, storage queue. Needs the admin token.",
+            "responses": {"200": {"description": "The metrics.", "content": {"text/plain": {"schema": _STR}}},
+                          **_errors(401, 403)},
+        }},
         "/openapi.json": {"get": {
             "operationId": "openapi", "tags": ["ops"], "security": public,
             "summary": "This document.",
@@ -313,7 +320,7 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
         },
         "tags": [{"name": "v1", "description": "OpenAI-compatible API"},
                  {"name": "admin", "description": "Operators (bearer admin token)"},
-                 {"name": "ops", "description": "Health and this document"}],
+                 {"name": "ops", "description": "Health, metrics and this document"}],
     }
 
 

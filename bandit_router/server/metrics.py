@@ -1,0 +1,215 @@
+"""``GET /metrics``: the router's Prometheus metrics (text format), from a per-app registry.
+
+On the request path (cheap: a dict increment or one histogram observation):
+
+* ``bandit_router_requests_total{model,category,status,fallback}``: ``/v1/chat/completions`` requests,
+  from the response's ``X-Router-*`` headers (``model``/``category`` are ``none`` when the request
+  failed before or without them; ``fallback`` is ``true`` when another model answered).
+* ``bandit_router_request_duration_seconds{stream}``: the whole request, as the router serves it.
+* ``bandit_router_upstream_duration_seconds{model}``: each non-streamed upstream call (every attempt,
+  and judge calls), timed around the provider's ``complete``.
+* ``bandit_router_overhead_seconds``: router overhead = request time − upstream time, for non-streamed
+  requests answered by a single upstream call (no retry, no fallback), so backoff waits never count.
+* ``bandit_router_decisions_total{category,model}``, ``bandit_router_cost_usd_total{category,model}``,
+  ``bandit_router_feedback_total{source}``: counted by the service's hooks.
+
+At scrape time (no per-request cost): ``bandit_router_traffic_share{category,model}`` (decisions since
+start), ``bandit_router_posterior_quality_mean{category,model}``, ``bandit_router_breaker_state{model}``
+(0 closed, 1 half-open, 2 open) and ``bandit_router_storage_queue_depth``.
+
+Labels are bounded: models are the configured ones, categories are bounded by the router, statuses are
+HTTP codes, and feedback sources map to ``user``, ``grader:<configured grader>``, ``grader:other`` or
+``other``. No event id or prompt is ever a label.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..reliability import CLOSED, HALF_OPEN, OPEN
+from .keys import SERVICE
+
+CHAT_PATH = "/v1/chat/completions"
+BREAKER_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+MAX_SOURCES = 20
+LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1)
+
+# upstream call times of the request being served (set by the middleware, appended by the providers)
+_UPSTREAM: ContextVar[list[float] | None] = ContextVar("bandit_router_upstream", default=None)
+
+
+class _TimedProvider:
+    """A provider whose ``complete`` calls are timed; everything else is the provider's own."""
+
+    def __init__(self, inner: Any, hist: Any) -> None:
+        self._inner = inner
+        self._hist = hist
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def complete(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await self._inner.complete(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t0
+            self._hist.observe(dt)
+            acc = _UPSTREAM.get()
+            if acc is not None:
+                acc.append(dt)
+
+
+class Metrics:
+    """One app's metrics: its registry, the request-path instruments and the service hooks."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("bandit_router_requests", "Chat completion requests by the model that answered, "
+                                "category, HTTP status and whether it fell back",
+                                ["model", "category", "status", "fallback"], registry=self.registry)
+        self.duration = Histogram("bandit_router_request_duration_seconds", "Chat completion request time "
+                                  "(whole request)", ["stream"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.upstream = Histogram("bandit_router_upstream_duration_seconds", "Upstream call time (non-streamed "
+                                  "calls, every attempt)", ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.overhead = Histogram("bandit_router_overhead_seconds", "Router overhead: request time minus upstream "
+                                  "time, non-streamed requests answered by one upstream call",
+                                  buckets=OVERHEAD_BUCKETS, registry=self.registry)
+        self.decisions: dict[tuple[str, str], int] = {}
+        self.costs: dict[tuple[str, str], float] = {}
+        self.feedbacks: dict[str, int] = {}
+        self.known_sources: frozenset[str] = frozenset({"user"})
+        self.service: Any = None
+        self.registry.register(_ScrapeCollector(self))
+
+    # -- service hooks (called by Service when ``service.metrics`` is set) ---------------------
+    def decided(self, d: Any) -> None:
+        key = (d.category, d.model)
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+
+    def cost(self, d: Any, usd: float) -> None:
+        key = (d.category, d.model)
+        self.costs[key] = self.costs.get(key, 0.0) + usd
+
+    def feedback(self, source: str) -> None:
+        label = self.source_label(source)
+        self.feedbacks[label] = self.feedbacks.get(label, 0) + 1
+
+    def source_label(self, source: str) -> str:
+        if source in self.known_sources:
+            return source
+        return "grader:other" if source.startswith("grader:") else "other"
+
+    # -- wiring ------------------------------------------------------------------------------
+    def attach(self, service: Any) -> None:
+        self.service = service
+        names = {"user"}
+        for graders in service.grading.graders.values():
+            names.update(f"grader:{g.name}" for g in graders if getattr(g, "name", None))
+        self.known_sources = frozenset(sorted(names)[:MAX_SOURCES - 2])  # + grader:other, other
+        service.providers = {m: _TimedProvider(p, self.upstream.labels(m)) for m, p in service.providers.items()}
+        service.metrics = self
+
+
+class _ScrapeCollector(Collector):
+    """What is computed when Prometheus scrapes: the hooks' counts and the service's live state."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # computed at scrape time only
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        dec = CounterMetricFamily("bandit_router_decisions", "Routing decisions by category and chosen model",
+                                  labels=["category", "model"])
+        share = GaugeMetricFamily("bandit_router_traffic_share", "Share of a category's decisions per model "
+                                  "(since start)", labels=["category", "model"])
+        totals: dict[str, int] = {}
+        for (cat, _), n in m.decisions.items():
+            totals[cat] = totals.get(cat, 0) + n
+        for (cat, model), n in sorted(m.decisions.items()):
+            dec.add_metric([cat, model], n)
+            share.add_metric([cat, model], n / totals[cat])
+        cost = CounterMetricFamily("bandit_router_cost_usd", "Upstream cost in US dollars",
+                                   labels=["category", "model"])
+        for (cat, model), usd in sorted(m.costs.items()):
+            cost.add_metric([cat, model], usd)
+        fb = CounterMetricFamily("bandit_router_feedback", "Feedback signals by source", labels=["source"])
+        for source, n in sorted(m.feedbacks.items()):
+            fb.add_metric([source], n)
+        yield from (dec, share, cost, fb)
+        service = m.service
+        if service is None:
+            return
+        quality = GaugeMetricFamily("bandit_router_posterior_quality_mean", "Posterior mean quality",
+                                    labels=["category", "model"])
+        for cat, rows in service.router.arm_stats().items():
+            for model, row in rows.items():
+                quality.add_metric([cat, model], float(row["quality_mean"]))
+        breaker = GaugeMetricFamily("bandit_router_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                                    labels=["model"])
+        for model, h in zip(service.breakers.models, service.breakers.health, strict=True):
+            breaker.add_metric([model], BREAKER_VALUE.get(h.state, 2))
+        depth = GaugeMetricFamily("bandit_router_storage_queue_depth", "Storage writer queue depth")
+        depth.add_metric([], service.store.queue_depth)
+        yield from (quality, breaker, depth)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path != CHAT_PATH:
+        return await handler(request)
+    m = request.app[METRICS]
+    acc: list[float] = []
+    token = _UPSTREAM.set(acc)
+    t0 = time.perf_counter()
+    status = 500
+    resp: web.StreamResponse | None = None
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        _UPSTREAM.reset(token)
+        total = time.perf_counter() - t0
+        h = resp.headers if resp is not None else {}
+        streamed = resp is not None and not isinstance(resp, web.Response)
+        m.requests.labels(h.get("X-Router-Model", "none"), h.get("X-Router-Category", "none"), str(status),
+                          "true" if "X-Router-Fallback" in h else "false").inc()
+        m.duration.labels("true" if streamed else "false").observe(total)
+        if not streamed and status == 200 and len(acc) == 1:
+            m.overhead.observe(max(0.0, total - acc[0]))
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _attach_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[METRICS].attach(app[SERVICE])
+    yield
+
+
+def setup(app: web.Application) -> None:
+    """Add ``GET /metrics`` and the per-app registry; call after the service's cleanup context."""
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_attach_ctx)
+    app.router.add_get("/metrics", metrics_handler)
