@@ -139,7 +139,7 @@ async def test_label_cardinality_stays_bounded_with_distinct_prompts(sim, aiohtt
     values = {v for _, labels in label_sets for _, v in labels}
     assert not values & eids
     assert not any("sorts a list" in v or v.startswith("src-") for v in values)
-    assert len(label_sets) < 150  # the buckets of a few histograms, a few models and categories
+    assert len(label_sets) < 250  # histogram buckets per configured model, a few categories: not per request
     assert len(m["bandit_router_feedback_total"]) == 1
 
 
@@ -154,3 +154,14 @@ async def test_metrics_need_the_admin_token_when_one_is_configured(sim, aiohttp_
     assert "bandit_router_storage_queue_depth" in m
     no_token = await aiohttp_client(make_app(parse_config(_config(sim.port)), db_path=tmp_path / "b.db"))
     assert (await no_token.get("/metrics")).status == 403  # admin disabled: so are the metrics
+
+
+@pytest.mark.asyncio
+async def test_streamed_calls_are_timed_to_their_first_chunk(sim, aiohttp_client, tmp_path):
+    client, _ = await _router(aiohttp_client, tmp_path, sim.port)
+    for _ in range(2):
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING, "stream": True})
+        assert r.status == 200 and (await r.text()).rstrip().endswith("[DONE]")
+    m = await _scrape(client)
+    assert _value(m, "bandit_router_upstream_first_chunk_seconds_count", model="gpt-5.4") == 2
+    assert _value(m, "bandit_router_request_duration_seconds_count", stream="true") == 2

@@ -8,6 +8,7 @@ On the request path (cheap: a dict increment or one histogram observation):
 * ``bandit_router_request_duration_seconds{stream}``: the whole request, as the router serves it.
 * ``bandit_router_upstream_duration_seconds{model}``: each non-streamed upstream call (every attempt,
   and judge calls), timed around the provider's ``complete``.
+* ``bandit_router_upstream_first_chunk_seconds{model}``: each streamed upstream call, to its first chunk.
 * ``bandit_router_overhead_seconds``: router overhead = request time − upstream time, for non-streamed
   requests answered by a single upstream call (no retry, no fallback), so backoff waits never count.
 * ``bandit_router_decisions_total{category,model}``, ``bandit_router_cost_usd_total{category,model}``,
@@ -48,11 +49,25 @@ _UPSTREAM: ContextVar[list[float] | None] = ContextVar("bandit_router_upstream",
 
 
 class _TimedProvider:
-    """A provider whose ``complete`` calls are timed; everything else is the provider's own."""
+    """A provider whose calls are timed: ``complete`` whole, ``stream`` to its first chunk."""
 
-    def __init__(self, inner: Any, hist: Any) -> None:
+    def __init__(self, inner: Any, hist: Any, first_chunk: Any) -> None:
         self._inner = inner
         self._hist = hist
+        self._first = first_chunk
+
+    async def stream(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        first = True
+        gen = self._inner.stream(*args, **kwargs)
+        try:
+            async for chunk in gen:
+                if first:
+                    self._first.observe(time.perf_counter() - t0)
+                    first = False
+                yield chunk
+        finally:
+            await gen.aclose()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -81,6 +96,9 @@ class Metrics:
                                   "(whole request)", ["stream"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.upstream = Histogram("bandit_router_upstream_duration_seconds", "Upstream call time (non-streamed "
                                   "calls, every attempt)", ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.first_chunk = Histogram("bandit_router_upstream_first_chunk_seconds", "Streamed upstream calls: "
+                                     "time to the first chunk", ["model"], buckets=LATENCY_BUCKETS,
+                                     registry=self.registry)
         self.overhead = Histogram("bandit_router_overhead_seconds", "Router overhead: request time minus upstream "
                                   "time, non-streamed requests answered by one upstream call",
                                   buckets=OVERHEAD_BUCKETS, registry=self.registry)
@@ -116,7 +134,8 @@ class Metrics:
         for graders in service.grading.graders.values():
             names.update(f"grader:{g.name}" for g in graders if getattr(g, "name", None))
         self.known_sources = frozenset(sorted(names)[:MAX_SOURCES - 2])  # + grader:other, other
-        service.providers = {m: _TimedProvider(p, self.upstream.labels(m)) for m, p in service.providers.items()}
+        service.providers = {m: _TimedProvider(p, self.upstream.labels(m), self.first_chunk.labels(m))
+                             for m, p in service.providers.items()}
         service.metrics = self
 
 
