@@ -68,10 +68,6 @@ class Tries:
         self._t0 = 0.0
         self._open = False
 
-    @property
-    def fell_back(self) -> bool:
-        return bool(self.attempts) and self.attempts[0].model != self.d.model
-
     def begin(self) -> None:
         self.breakers.acquire(self.d.arm, time.time())
         self._t0 = time.monotonic()

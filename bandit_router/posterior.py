@@ -357,17 +357,7 @@ class ArmPosteriors:
     # -- deciding ----------------------------------------------------------------------------
     def sample(self, x: np.ndarray, z: np.ndarray, explore: float = 1.0) -> np.ndarray:
         """One Thompson draw of θ_k·x for every arm k, given standard normals ``z`` (shape K)."""
-        k = self.k
-        y = self.W @ x
-        v = y[k:].reshape(k, self.d) @ x
-        np.maximum(v, 0.0, out=v)
-        np.sqrt(v, out=v)
-        v *= self.sigma
-        v *= z
-        if explore != 1.0:
-            v *= explore
-        v += y[:k]
-        return v
+        return self.sample_moments(x, z if explore == 1.0 else z * explore)[0]
 
     def sample_moments(self, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`sample` (the same arithmetic, so the same draw), and the per-arm sd of θ_k·x:

@@ -166,6 +166,10 @@ class Service:
         d.scores = d.costs = _NONE
         d.draw_sd = d.draw_z = None
 
+    def _entry(self, event_id: str | None) -> _Tracked | None:
+        """A decision this process still holds: in flight (kept whatever the LRU evicts) or recent."""
+        return self._inflight.get(event_id or "") or self._tracked.get(event_id or "")
+
     def _track(self, event_id: str, t: _Tracked) -> None:
         self._tracked[event_id] = t
         if len(self._tracked) > self.cache_size:
@@ -226,7 +230,7 @@ class Service:
     def _model_failed(self, d: Decision) -> None:
         """A model failed a request that falls back: learned as ``failure_quality`` if configured."""
         q = self.config.reliability.failure_quality
-        t = self._inflight.get(d.event_id or "") or self._tracked.get(d.event_id or "")
+        t = self._entry(d.event_id)
         if q is None or t is None or not t.learn:
             return
         failed = copy.copy(d)
@@ -268,7 +272,7 @@ class Service:
 
     def _learns(self, d: Decision) -> bool:
         """Only routed requests fall back: a pass-through asked for one model."""
-        t = self._inflight.get(d.event_id or "") or self._tracked.get(d.event_id or "")
+        t = self._entry(d.event_id)
         return t is not None and t.learn
 
     async def stream(self, d: Decision, body: dict[str, Any], reference: dict[str, Any] | None = None, *,
@@ -329,7 +333,7 @@ class Service:
 
     # -- feedback ----------------------------------------------------------------------------
     async def _lookup(self, event_id: str) -> _Tracked:
-        t = self._tracked.get(event_id) or self._inflight.get(event_id)
+        t = self._entry(event_id)
         if t is None:
             row = await self.store.get_decision(event_id)
             if row is None or row.model not in self.router.index:

@@ -149,6 +149,7 @@ def main() -> int:
                     help="seconds at the same rate before measuring: fills the bounded caches (10k recent decisions)")
     ap.add_argument("--max-in-flight", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-faults", action="store_true", help="no failing or hanging model: the capacity baseline")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     try:
@@ -186,7 +187,7 @@ def main() -> int:
                 for name, a in models.items():
                     traffic[name] = traffic.get(name, 0) + a["decisions"]
             busiest = sorted(traffic, key=traffic.__getitem__, reverse=True)
-            faults = {busiest[0]: {"fail_rate": 0.3}, busiest[1]: {"hang_rate": 0.1}}
+            faults = {} if args.no_faults else {busiest[0]: {"fail_rate": 0.3}, busiest[1]: {"hang_rate": 0.1}}
             for name, change in faults.items():
                 req = urllib.request.Request(f"{sim_url}/admin/models/{name}", data=json.dumps(change).encode(),
                                              headers={"Content-Type": "application/json"}, method="POST")

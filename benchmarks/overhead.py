@@ -8,7 +8,8 @@ directory) runs in another, with that upstream as its only model. ``wrk`` (Debia
 drives POST /v1/chat/completions at 1, 10 and 50 connections, against the upstream alone, a bare
 aiohttp pass-through (uvloop, no logic, no storage: the ceiling of the stack), and the router
 (``model: auto``: features, category inference, Thompson draw, decision logged to SQLite).
-Reported: p50 and p99 latency and requests/s of each, and the median latency each adds.
+Reported: p50 and p99 latency and requests/s of each, the median latency each adds, and the CPU time per
+request of the pass-through and the router (all threads, and the event loop's thread alone).
 Goals (issue 3): ≤ 0.5 ms added at 1 connection; ≥ 3,000 requests/s at 50 connections.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -74,7 +76,23 @@ LUA = textwrap.dedent('''
 ''')
 
 
-def wrk(url: str, model: str, connections: int, seconds: float, tmp: Path) -> dict[str, float]:
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) per thread of a process, by thread id (the main thread's is ``pid``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def wrk(url: str, model: str, connections: int, seconds: float, tmp: Path, pid: int | None = None) -> dict[str, float]:
+    """One wrk run; with ``pid``, also that process's CPU per request: all threads, and the main
+    thread (the event loop) alone."""
+    before = thread_cpu_s(pid) if pid else {}
     script = tmp / f"{model}.lua"
     script.write_text(LUA.replace("MODEL", model))
     out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s",
@@ -88,7 +106,14 @@ def wrk(url: str, model: str, connections: int, seconds: float, tmp: Path) -> di
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"p50_ms": ms("50%"), "p99_ms": ms("99%"), "rps": rps, "non_2xx": int(errors.group(1)) if errors else 0}
+    result = {"p50_ms": ms("50%"), "p99_ms": ms("99%"), "rps": rps, "non_2xx": int(errors.group(1)) if errors else 0}
+    if pid:
+        after = thread_cpu_s(pid)
+        n = int(re.search(r"(\d+) requests in", out).group(1))
+        used = sum(after.get(t, 0.0) - before.get(t, 0.0) for t in after)  # threads that ended are not counted
+        result["cpu_us_per_request"] = 1e6 * used / max(n, 1)
+        result["main_thread_cpu_us_per_request"] = 1e6 * (after.get(pid, 0.0) - before.get(pid, 0.0)) / max(n, 1)
+    return result
 
 
 def main() -> int:
@@ -124,8 +149,8 @@ def main() -> int:
                 for c in args.connections:
                     wrk(f"http://127.0.0.1:{router_port}", "auto", c, 1, tmp)  # warm up
                     alone = wrk(f"http://127.0.0.1:{up_port}", "fast", c, args.seconds, tmp)
-                    passed = wrk(f"http://127.0.0.1:{pt_port}", "fast", c, args.seconds, tmp)
-                    routed = wrk(f"http://127.0.0.1:{router_port}", "auto", c, args.seconds, tmp)
+                    passed = wrk(f"http://127.0.0.1:{pt_port}", "fast", c, args.seconds, tmp, bare.pid)
+                    routed = wrk(f"http://127.0.0.1:{router_port}", "auto", c, args.seconds, tmp, router.pid)
                     rows.append({"connections": c, "upstream": alone, "bare_pass_through": passed, "router": routed,
                                  "added_p50_ms": routed["p50_ms"] - alone["p50_ms"],
                                  "bare_added_p50_ms": passed["p50_ms"] - alone["p50_ms"]})
@@ -142,6 +167,12 @@ def main() -> int:
               f"{b['p50_ms']:6.3f} {b['p99_ms']:6.2f} {b['rps']:7.0f} +{r['bare_added_p50_ms']:.3f} | "
               f"{o['p50_ms']:6.3f} {o['p99_ms']:6.2f} {o['rps']:7.0f} +{r['added_p50_ms']:.3f}"
               + (f"  ({o['non_2xx']} non-2xx)" if o["non_2xx"] else ""))
+    print("CPU per request, µs (all threads / the event loop's thread):")
+    for r in rows:
+        b, o = r["bare_pass_through"], r["router"]
+        print(f"{r['connections']:>5} | bare pass-through {b['cpu_us_per_request']:6.0f} / "
+              f"{b['main_thread_cpu_us_per_request']:6.0f} | bandit-router {o['cpu_us_per_request']:6.0f} / "
+              f"{o['main_thread_cpu_us_per_request']:6.0f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))

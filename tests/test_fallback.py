@@ -10,49 +10,19 @@ import openai
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from fleet import CODING, fleet_config, sim_client, sim_set
 
 from bandit_router.config import parse_config
 from bandit_router.server import make_app
 from bandit_router.server.keys import SERVICE
-from bandit_router.simulator import make_app as make_simulator
-
-CODING = [{"role": "user", "content": "Write a Python function that sorts a list."}]
-FLEET = ("gpt-5.4", "glm-5", "gemini-3.1-pro")
-
-
-def _config(sim_port: int, **reliability: object) -> dict:
-    models = [{"name": n, "base_url": f"http://127.0.0.1:{sim_port}/v1", "input_price": 1.0, "output_price": 2.0,
-               "first_byte_timeout_s": 0.5,
-               # gpt-5.4 is the clear favourite, glm-5 the runner-up: the first choice and the fallback are known
-               "priors": {"coding": {"quality": {"gpt-5.4": 0.99, "glm-5": 0.6}.get(n, 0.2), "strength": 1000}}}
-              for n in FLEET]
-    return {"models": models, "bandit": {"seed": 1, "cost_weight": 0.0},
-            "reliability": {"backoff_s": 0.01, "breaker_cooldown_s": 0.5, **reliability}}
-
-
-@pytest_asyncio.fixture
-async def sim(aiohttp_server):
-    server = await aiohttp_server(make_simulator(seed=3))
-    async with sim_client(server) as c:
-        assert (await c.post("/admin/settings", json={"latency_scale": 0})).status == 200  # answers at once
-    return server
 
 
 async def _router(aiohttp_client, tmp_path, sim_port: int, **reliability: object):
-    app = make_app(parse_config(_config(sim_port, **reliability)), db_path=tmp_path / "fb.db", admin_local_only=True)
+    cfg = parse_config(fleet_config(sim_port, **reliability))
+    app = make_app(cfg, db_path=tmp_path / "fb.db", admin_local_only=True)
     return await aiohttp_client(app), app
 
 
-async def _sim_set(sim, model: str, change: dict) -> None:
-    async with sim_client(sim) as c:
-        r = await c.post(f"/admin/models/{model}", json=change)
-        assert r.status == 200, await r.text()
-
-
-def sim_client(sim):
-    import aiohttp
-
-    return aiohttp.ClientSession(base_url=f"http://127.0.0.1:{sim.port}")
 
 
 async def _sim_requests(sim, model: str) -> int:
@@ -63,7 +33,7 @@ async def _sim_requests(sim, model: str) -> int:
 @pytest.mark.asyncio
 async def test_a_failing_model_falls_back_and_the_response_says_so(sim, aiohttp_client, tmp_path):
     client, app = await _router(aiohttp_client, tmp_path, sim.port, retries=1)
-    await _sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
+    await sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
     body = await r.json()
     assert r.status == 200, body
@@ -83,7 +53,7 @@ async def test_a_failing_model_falls_back_and_the_response_says_so(sim, aiohttp_
 async def test_the_breaker_opens_keeps_traffic_off_then_probes_and_closes(sim, aiohttp_client, tmp_path):
     client, app = await _router(aiohttp_client, tmp_path, sim.port, retries=0, breaker_failures=3,
                                 breaker_cooldown_s=2.0)
-    await _sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
+    await sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
     for _ in range(3):
         r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
         assert r.status == 200 and r.headers["X-Router-Fallback"] == "gpt-5.4"
@@ -94,7 +64,7 @@ async def test_the_breaker_opens_keeps_traffic_off_then_probes_and_closes(sim, a
         r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
         assert r.status == 200 and r.headers["X-Router-Model"] == "glm-5" and "X-Router-Fallback" not in r.headers
     assert await _sim_requests(sim, "gpt-5.4") == calls
-    await _sim_set(sim, "gpt-5.4", {"fail_rate": 0.0})  # it recovers
+    await sim_set(sim, "gpt-5.4", {"fail_rate": 0.0})  # it recovers
     await asyncio.sleep(2.1)  # the cooldown passes: the next request is the half-open probe
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
     assert r.status == 200 and r.headers["X-Router-Model"] == "gpt-5.4"
@@ -104,7 +74,7 @@ async def test_the_breaker_opens_keeps_traffic_off_then_probes_and_closes(sim, a
 @pytest.mark.asyncio
 async def test_a_hanging_model_times_out_at_first_byte_and_falls_back(sim, aiohttp_client, tmp_path):
     client, _ = await _router(aiohttp_client, tmp_path, sim.port, retries=0)
-    await _sim_set(sim, "gpt-5.4", {"hang_rate": 1.0, "hang_s": 30})
+    await sim_set(sim, "gpt-5.4", {"hang_rate": 1.0, "hang_s": 30})
     t0 = time.monotonic()
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
     assert r.status == 200 and r.headers["X-Router-Model"] == "glm-5"
@@ -115,7 +85,7 @@ async def test_a_hanging_model_times_out_at_first_byte_and_falls_back(sim, aioht
 @pytest.mark.asyncio
 async def test_streams_fall_back_before_the_first_byte(sim, aiohttp_client, tmp_path):
     client, _ = await _router(aiohttp_client, tmp_path, sim.port, retries=0)
-    await _sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
+    await sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING, "stream": True})
     text = await r.text()
     assert r.status == 200 and r.headers["X-Router-Model"] == "glm-5" and r.headers["X-Router-Fallback"] == "gpt-5.4"
@@ -125,7 +95,7 @@ async def test_streams_fall_back_before_the_first_byte(sim, aiohttp_client, tmp_
 @pytest.mark.asyncio
 async def test_pass_through_never_falls_back(sim, aiohttp_client, tmp_path):
     client, _ = await _router(aiohttp_client, tmp_path, sim.port, retries=0)
-    await _sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
+    await sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
     r = await client.post("/v1/chat/completions", json={"model": "gpt-5.4", "messages": CODING})
     assert r.status == 502 and "gpt-5.4" in (await r.json())["error"]["message"]
 
@@ -135,7 +105,7 @@ async def test_failure_quality_is_a_config_choice(sim, aiohttp_client, tmp_path)
     for fq, learned in ((None, 0), (0.0, 1)):
         (tmp_path / str(fq)).mkdir()
         client, app = await _router(aiohttp_client, tmp_path / str(fq), sim.port, retries=0, failure_quality=fq)
-        await _sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
+        await sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
         r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
         assert r.status == 200
         stats = app[SERVICE].router.arm_stats()["coding"]
@@ -218,7 +188,7 @@ async def test_a_stream_that_dies_midway_ends_with_an_error_event_then_done(flak
 @pytest.mark.asyncio
 async def test_a_hanging_model_times_out_at_first_byte_when_streaming_too(sim, aiohttp_client, tmp_path):
     client, _ = await _router(aiohttp_client, tmp_path, sim.port, retries=0)
-    await _sim_set(sim, "gpt-5.4", {"hang_rate": 1.0, "hang_s": 30})
+    await sim_set(sim, "gpt-5.4", {"hang_rate": 1.0, "hang_s": 30})
     t0 = time.monotonic()
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING, "stream": True})
     text = await r.text()

@@ -423,6 +423,9 @@ def hostile(request: pytest.FixtureRequest) -> Iterator[Hostile]:
     """Grade in the best isolation this machine has, and in the weakest (seatbelt + rlimits only, allowed)."""
     before = sandbox_processes()
     yield Hostile(DETECTED if request.param == "detected" else BASIC)
+    deadline = time.monotonic() + 3  # killed processes take a moment to be reaped on a busy machine
+    while not sandbox_processes() <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sandbox_processes() <= before, "the sandbox left processes behind"
 
 
@@ -526,6 +529,9 @@ def server_with_secret() -> Iterator[int]:
     this process with os.environ would not show there)."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                             env={**os.environ, "SECRET_API_KEY": "sk-fake-0123456789"})
+    deadline = time.monotonic() + 5  # until the child has exec'd, its environ is its parent's
+    while b"sk-fake" not in Path(f"/proc/{proc.pid}/environ").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
         yield proc.pid
     finally:

@@ -3,51 +3,22 @@
 from __future__ import annotations
 
 import pytest
-import pytest_asyncio
+from fleet import CODING, fleet_config, sim_set
 from prometheus_client.parser import text_string_to_metric_families
 
 from bandit_router.config import parse_config
 from bandit_router.server import make_app
 from bandit_router.server.keys import SERVICE
-from bandit_router.simulator import make_app as make_simulator
 
-CODING = [{"role": "user", "content": "Write a Python function that sorts a list."}]
-FLEET = ("gpt-5.4", "glm-5", "gemini-3.1-pro")
 TOKEN = "metrics-admin-token-0123456789"
 
 
-def _config(sim_port: int, **reliability: object) -> dict:
-    models = [{"name": n, "base_url": f"http://127.0.0.1:{sim_port}/v1", "input_price": 1.0, "output_price": 2.0,
-               "first_byte_timeout_s": 0.5,
-               # gpt-5.4 is the clear favourite, glm-5 the runner-up (as in test_fallback.py)
-               "priors": {"coding": {"quality": {"gpt-5.4": 0.99, "glm-5": 0.6}.get(n, 0.2), "strength": 1000}}}
-              for n in FLEET]
-    return {"models": models, "bandit": {"seed": 1, "cost_weight": 0.0},
-            "reliability": {"backoff_s": 0.01, "breaker_cooldown_s": 0.5, **reliability}}
 
-
-def sim_client(sim):
-    import aiohttp
-
-    return aiohttp.ClientSession(base_url=f"http://127.0.0.1:{sim.port}")
-
-
-async def _sim_set(sim, model: str, change: dict) -> None:
-    async with sim_client(sim) as c:
-        r = await c.post(f"/admin/models/{model}", json=change)
-        assert r.status == 200, await r.text()
-
-
-@pytest_asyncio.fixture
-async def sim(aiohttp_server):
-    server = await aiohttp_server(make_simulator(seed=3))
-    async with sim_client(server) as c:
-        assert (await c.post("/admin/settings", json={"latency_scale": 0})).status == 200
-    return server
 
 
 async def _router(aiohttp_client, tmp_path, sim_port: int, **kw: object):
-    app = make_app(parse_config(_config(sim_port, retries=0, **kw)), db_path=tmp_path / "m.db", admin_local_only=True)
+    cfg = parse_config(fleet_config(sim_port, retries=0, **kw))
+    app = make_app(cfg, db_path=tmp_path / "m.db", admin_local_only=True)
     return await aiohttp_client(app), app
 
 
@@ -76,7 +47,7 @@ async def test_metrics_count_requests_latency_cost_feedback_and_state(sim, aioht
         r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
         assert r.status == 200 and r.headers["X-Router-Model"] == "gpt-5.4"
         eids.append(r.headers["X-Router-Event-Id"])
-    await _sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
+    await sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
     assert r.status == 200 and r.headers["X-Router-Fallback"] == "gpt-5.4" and r.headers["X-Router-Model"] == "glm-5"
     assert (await client.post("/v1/chat/completions", json={"model": "nope", "messages": CODING})).status == 404
@@ -115,7 +86,7 @@ async def test_metrics_count_requests_latency_cost_feedback_and_state(sim, aioht
 @pytest.mark.asyncio
 async def test_breaker_state_gauge_shows_an_open_breaker(sim, aiohttp_client, tmp_path):
     client, _ = await _router(aiohttp_client, tmp_path, sim.port, breaker_failures=1, breaker_cooldown_s=60)
-    await _sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
+    await sim_set(sim, "gpt-5.4", {"fail_rate": 1.0})
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
     assert r.status == 200 and r.headers["X-Router-Fallback"] == "gpt-5.4"
     m = await _scrape(client)
@@ -145,14 +116,14 @@ async def test_label_cardinality_stays_bounded_with_distinct_prompts(sim, aiohtt
 
 @pytest.mark.asyncio
 async def test_metrics_need_the_admin_token_when_one_is_configured(sim, aiohttp_client, tmp_path):
-    cfg = _config(sim.port)
+    cfg = fleet_config(sim.port)
     cfg["admin"] = {"token": TOKEN}
     client = await aiohttp_client(make_app(parse_config(cfg), db_path=tmp_path / "a.db"))
     assert (await client.get("/metrics")).status == 401
     assert (await client.get("/metrics", headers={"Authorization": "Bearer wrong-token-0123456789"})).status == 401
     m = await _scrape(client, headers={"Authorization": f"Bearer {TOKEN}"})
     assert "bandit_router_storage_queue_depth" in m
-    no_token = await aiohttp_client(make_app(parse_config(_config(sim.port)), db_path=tmp_path / "b.db"))
+    no_token = await aiohttp_client(make_app(parse_config(fleet_config(sim.port)), db_path=tmp_path / "b.db"))
     assert (await no_token.get("/metrics")).status == 403  # admin disabled: so are the metrics
 
 
