@@ -17,6 +17,8 @@ from .categories import DEFAULT_CATEGORIES
 from .costs import Price
 from .router import BanditSettings, ModelSpec
 
+LOCALITY_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the field."""
@@ -50,6 +52,9 @@ class ModelConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0.0, description="total time for one upstream call")
     connect_timeout_s: float = Field(10.0, gt=0.0)
     first_byte_timeout_s: float = Field(60.0, gt=0.0, description="until the upstream's response headers")
+    locality: str | None = Field(None, pattern=LOCALITY_PATTERN,
+                                 description="where the model runs: 'local' (on your hardware) or a region; "
+                                             "requests restricted to a locality reach only models with this tag")
 
     @field_validator("base_url")
     @classmethod
@@ -157,6 +162,48 @@ class AuthConfig(_Strict):
 
     api_keys: list[str] = Field(default_factory=list, description="accepted bearer tokens (prefer api_keys_env)")
     api_keys_env: str | None = Field(None, description="environment variable with comma-separated keys")
+    tenant_keys_env: dict[str, str] = Field(
+        default_factory=dict, description="tenant name -> environment variable with that tenant's comma-separated "
+                                          "keys (the cache is scoped, and budgets kept, per tenant)")
+
+    @field_validator("tenant_keys_env")
+    @classmethod
+    def _tenant_names(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
+                raise ValueError(f"tenant {name!r}: 1-64 letters, digits, '_', '.' or '-'")
+        return v
+
+
+class CacheConfig(_Strict):
+    """The response cache: exact-match answers for deterministic requests, per tenant."""
+
+    enabled: bool = True
+    ttl_s: float = Field(3600.0, gt=0.0, description="an entry is served this long after it was stored")
+    max_entries: int = Field(10_000, ge=1, description="least recently used entries are evicted beyond this")
+    all_requests: bool = Field(False, description="cache every non-streamed request, not only temperature 0")
+
+
+class SensitiveConfig(_Strict):
+    """Requests with personal data in them are routed as if marked ``router.locality: route_to``."""
+
+    route_to: str | None = Field(None, pattern=LOCALITY_PATTERN,
+                                 description="the locality for requests with sensitive data (null: detector off)")
+    detect: list[str] = Field(default_factory=lambda: ["email", "phone", "card", "national_id"])
+    patterns: dict[str, str] = Field(default_factory=dict, description="your own: name -> regular expression")
+
+    @model_validator(mode="after")
+    def _build(self) -> SensitiveConfig:
+        from .locality import SensitiveDataDetector
+
+        SensitiveDataDetector(self.detect, self.patterns)  # raises ValueError naming the problem
+        return self
+
+
+class LocalityConfig(_Strict):
+    sensitive: SensitiveConfig = Field(default_factory=SensitiveConfig)
 
 
 class ServerConfig(_Strict):
@@ -177,9 +224,15 @@ class RouterConfig(_Strict):
     reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    locality: LocalityConfig = Field(default_factory=LocalityConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> RouterConfig:
+        route_to = self.locality.sensitive.route_to
+        if route_to is not None and not any(m.locality == route_to for m in self.models):
+            raise ValueError(f"locality.sensitive.route_to: no model has locality {route_to!r}, so every request "
+                             f"with sensitive data would be refused; tag a model with `locality: {route_to}`")
         seen = set()
         for i, m in enumerate(self.models):
             if m.name in seen:
@@ -209,8 +262,9 @@ def parse_config(raw: object, source: str = "config") -> RouterConfig:
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            problems.append(f"{loc}: {err['msg']}")
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(msg if not loc or msg.startswith(f"{loc}.") else f"{loc}: {msg}")
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 
 

@@ -73,9 +73,18 @@ class Grading:
         return len(self._tasks)
 
     def schedule(self, event_id: str, category: str, model: str, messages: Sequence[Mapping[str, Any]],
-                 answer: str, reference: Mapping[str, Any] | None, post: PostFeedback) -> bool:
-        """Start grading in the background (never delays the response); False if nothing to do."""
+                 answer: str, reference: Mapping[str, Any] | None, post: PostFeedback, *,
+                 keep: Callable[[Grader], bool] | None = None) -> bool:
+        """Start grading in the background (never delays the response); False if nothing to do.
+
+        ``keep``: which graders may see this request (the others are counted ``withheld``), e.g. no
+        judge outside a request's locality."""
         graders = self.graders.get(category) or self.graders.get("*") or ()
+        if keep is not None:
+            for g in graders:
+                if not keep(g):
+                    self._count(g.name, "withheld")
+            graders = [g for g in graders if keep(g)]
         if not graders:
             return False
         if not self.policy.should_grade(event_id, category):

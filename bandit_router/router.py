@@ -230,6 +230,10 @@ class Router:
                 self._add_arm(cat, spec)
         return cat
 
+    def serving(self, category: str) -> np.ndarray:
+        """Per model: enabled and serving ``category`` (a new mask, the caller may change it)."""
+        return np.isfinite(self._category(category).penalty)
+
     def set_enabled(self, model: str, enabled: bool) -> None:
         """Disable (deprecate) or re-enable a model; a disabled model is never chosen."""
         self.enabled[self._model_index(model)] = enabled

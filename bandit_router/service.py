@@ -24,16 +24,19 @@ import numpy as np
 import orjson
 
 from feedback import FeedbackSignal, combine
+from feedback.graders import LLMJudgeGrader
 
+from .cache import CacheEntry, ResponseCache, cache_key, cacheable
 from .config import RouterConfig
 from .fallback import Attempt, Tries
 from .features import Message
 from .grading import Grading
+from .locality import LocalityError, SensitiveDataDetector, locality_mask
 from .policy import NoEligibleModel
 from .providers.base import Completion, Provider, StreamResult, UpstreamError, Usage
 from .reliability import Breakers
 from .router import Decision, Router
-from .storage.base import DecisionRow, FeedbackRow, StateRow, Store, StoreOverloaded
+from .storage.base import CacheRow, DecisionRow, FeedbackRow, StateRow, Store, StoreOverloaded
 
 log = logging.getLogger("bandit_router")
 
@@ -74,6 +77,8 @@ class Hints:
     max_cost_usd: float | None = None
     max_output_tokens: int | None = None  # what the request asks for (max_tokens), for context fit
     reference: dict[str, Any] | None = None  # what graders compare the answer with (not stored)
+    locality: str | None = None  # only models with this locality tag may see the request
+    tenant: str = "default"  # the client's tenant: the cache is scoped by it
 
 
 @dataclass(slots=True)
@@ -83,6 +88,8 @@ class _Tracked:
     signals: dict[str, FeedbackSignal] | None = None  # loaded lazily from the store
     created: float = field(default_factory=time.time)
     recorded: bool = True  # the decision row was written (False: it is written when the call ends)
+    tenant: str | None = None
+    locality: str | None = None  # the request was restricted to models with this tag
 
 
 class Service:
@@ -101,6 +108,11 @@ class Service:
         r = config.reliability
         self.breakers = Breakers(router.models, failures=r.breaker_failures, cooldown_s=r.breaker_cooldown_s)
         self._rng = random.Random()
+        self.locality_of = {m.name: m.locality for m in config.models}
+        sens = config.locality.sensitive
+        self.detector = SensitiveDataDetector(sens.detect, sens.patterns) if sens.route_to else None
+        c = config.cache
+        self.cache = ResponseCache(max_entries=c.max_entries, ttl_s=c.ttl_s) if c.enabled else None
         self.metrics: Any = None  # server.metrics.Metrics: decided(d), cost(d, usd), feedback(source)
 
     # -- deciding ----------------------------------------------------------------------------
@@ -112,26 +124,35 @@ class Service:
         request instead of an insert and an update); see :meth:`account`."""
         now = time.time()
         event_id = self._event_id(now)
+        local = None if hints.locality is None else self._locality_mask(hints.locality)
         if model is None:
-            allowed = None if self.breakers.all_closed else self.breakers.allowed(now)
+            closed = None if self.breakers.all_closed else self.breakers.allowed(now)
+            allowed = local if closed is None else closed if local is None else closed & local
             try:
                 d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
                                        max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
                                        event_id=event_id, timestamp=now, allowed=allowed)
-            except NoEligibleModel:
-                if allowed is None:
-                    raise
+            except NoEligibleModel as e:
+                if closed is None:
+                    raise self._no_local(hints.locality, e) if local is not None else e from None
                 # every eligible model's breaker is open: fail open, to the best of them, rather than refuse
-                d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
-                                       max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
-                                       event_id=event_id, timestamp=now)
+                try:
+                    d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
+                                           max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
+                                           event_id=event_id, timestamp=now, allowed=local)
+                except NoEligibleModel as e2:
+                    raise self._no_local(hints.locality, e2) if local is not None else e2 from None
             learn = True
         else:
+            if local is not None and not local[self.router.index[model]]:
+                raise LocalityError(f"model: {model!r} has locality {self.locality_of.get(model)!r}, and this "
+                                    f"request may only reach models with locality {hints.locality!r}")
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
                                    model=model, max_output_tokens=hints.max_output_tokens,
                                    event_id=event_id, timestamp=now)
             learn = False
-        t = _Tracked(d, learn, signals={}, created=now, recorded=record)
+        t = _Tracked(d, learn, signals={}, created=now, recorded=record, tenant=hints.tenant,
+                     locality=hints.locality)
         if record:
             self.store.record_decision(self._row(t))
         else:
@@ -148,7 +169,8 @@ class Service:
                            model=d.model, x=d.x.tobytes(), prompt_tokens=d.prompt_tokens,
                            expected_cost=d.expected_cost, cost_weight=d.cost_weight, learn=t.learn,
                            stamp=d.stamp, quality=d.quality,
-                           score_moments=None if (m := d.moments()) is None else m.tobytes(), **fields)
+                           score_moments=None if (m := d.moments()) is None else m.tobytes(), tenant=t.tenant,
+                           **fields)
 
     def _finish(self, d: Decision, **fields: Any) -> None:
         """Write the decision row with its outcome (or update it, when it was written at decision time)."""
@@ -174,6 +196,81 @@ class Service:
         self._tracked[event_id] = t
         if len(self._tracked) > self.cache_size:
             self._tracked.popitem(last=False)
+
+    # -- locality ----------------------------------------------------------------------------
+    def restrict(self, messages: Sequence[Message], hints: Hints) -> list[str]:
+        """Apply the sensitive-data detector: when it finds personal data (and no locality was asked
+        for), the request is restricted to ``locality.sensitive.route_to``. Returns what it found."""
+        if self.detector is None or hints.locality is not None:
+            return []
+        found = self.detector.find_in(messages)
+        if found:
+            hints.locality = self.config.locality.sensitive.route_to
+        return found
+
+    def _locality_mask(self, locality: str) -> np.ndarray:
+        mask = locality_mask([self.locality_of.get(m) for m in self.router.models], locality)
+        if not mask.any():
+            tags = sorted({t for t in self.locality_of.values() if t})
+            raise LocalityError(f"locality: no model has locality {locality!r}, so this request cannot be served "
+                                f"without its data leaving that locality (configured localities: "
+                                f"{', '.join(tags) or 'none'})")
+        return mask
+
+    @staticmethod
+    def _no_local(locality: str | None, e: Exception) -> LocalityError:
+        return LocalityError(f"no model with locality {locality!r} may serve this request now: {e}", 503)
+
+    def _judge_allowed(self, locality: str | None) -> Any:
+        """For a restricted request: only graders that send nothing outside its locality."""
+        if locality is None:
+            return None
+
+        def keep(g: Any) -> bool:  # a judge sends the request to its model (or an alternate)
+            return not isinstance(g, LLMJudgeGrader) or all(
+                self.locality_of.get(m) == locality for m in (g.model, *g.alternates))
+        return keep
+
+    # -- the response cache ------------------------------------------------------------------
+    def cache_key(self, d: Decision, body: dict[str, Any], tenant: str) -> str | None:
+        """The cache key of a deterministic request (None: not cacheable, or no cache). Its eligible
+        model set is what the request's own constraints allow (category, locality, enablement, the
+        model it named), not what breakers or a deadline allow at this moment."""
+        if self.cache is None or not cacheable(body, all_requests=self.config.cache.all_requests):
+            return None
+        t = self._entry(d.event_id)
+        if t is not None and not t.learn:
+            eligible = [d.model]
+        else:
+            serving = self.router.serving(d.category)
+            if t is not None and t.locality is not None:
+                serving &= self._locality_mask(t.locality)
+            eligible = [m for m, ok in zip(self.router.models, serving, strict=True) if ok]
+        return cache_key(tenant, body, eligible)
+
+    def cache_lookup(self, d: Decision, key: str) -> CacheEntry | None:
+        """A hit answers the decision: it becomes a logged answer from the cache (no upstream call,
+        $0, not learned from); feedback on it is recorded but teaches nothing."""
+        assert self.cache is not None
+        e = self.cache.get(key, time.time())
+        if e is None or e.model not in self.router.index:
+            return None
+        t = self._entry(d.event_id)
+        if t is not None:
+            t.learn = False
+        d.model, d.arm, d.expected_cost = e.model, self.router.index[e.model], 0.0
+        self._finish(d, cost_usd=0.0, completion_tokens=0, status="cached")
+        return e
+
+    def cache_store(self, key: str, d: Decision, body: bytes, tenant: str) -> None:
+        assert self.cache is not None
+        e = self.cache.entry(key, tenant, d.model, d.category, body, time.time())
+        evicted = self.cache.put(e)
+        try:
+            self.store.save_cache(CacheRow(e.key, e.tenant, e.model, e.category, e.body, e.created, e.expires))
+            self.store.delete_cache(evicted)
+        except StoreOverloaded:  # the entry still serves from memory; it is just not durable
+            log.warning("storage queue full: cache entry not stored")
 
     def candidates(self, d: Decision) -> list[dict[str, Any]]:
         rows = []
@@ -217,7 +314,9 @@ class Service:
                     reference: dict[str, Any] | None) -> None:
         """Run the category's graders in the background; their results arrive as feedback."""
         if answer is not None and d.event_id:
-            self.grading.schedule(d.event_id, d.category, d.model, messages, answer, reference, self.feedback)
+            t = self._entry(d.event_id)
+            self.grading.schedule(d.event_id, d.category, d.model, messages, answer, reference, self.feedback,
+                                  keep=self._judge_allowed(t.locality if t is not None else None))
 
     def _tries(self, d: Decision, fallback: bool) -> Tries:
         return Tries(d, self.breakers, self.config.reliability, switch=self._switch,
@@ -389,6 +488,12 @@ class Service:
             name = key.partition(":")[2]
             if name in self.router.index:
                 self.router.set_enabled(name, blob == b"1")
+        if self.cache is not None:
+            now = time.time()
+            rows = self.store.load_cache(now)
+            dropped = self.cache.load((CacheEntry(r.key, r.tenant, r.model, r.category, r.body, r.created, r.expires)
+                                       for r in rows), now)
+            self.store.delete_cache(dropped)
         return n
 
     def set_enabled(self, model: str, enabled: bool) -> None:
@@ -403,4 +508,6 @@ class Service:
         cutoff = time.time() - self.config.feedback.window_s
         for eid in [e for e, t in self._tracked.items() if t.created < cutoff]:
             del self._tracked[eid]
+        if self.cache is not None:
+            self.store.delete_cache(self.cache.expire(time.time()))
         return await self.store.expire_decisions(cutoff)

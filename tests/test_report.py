@@ -352,7 +352,8 @@ async def test_old_database_gets_the_moments_column(tmp_path):
         await store.close()
     conn = sqlite3.connect(path)
     assert "score_moments" in {r[1] for r in conn.execute("PRAGMA table_info(decisions)")}
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3  # (1 -> 3: the cache table too)
+    assert "cache" in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
     log = read_log(path)
     assert log.has_moments_column and log.moments[0] is None and log.moments[1] == blob

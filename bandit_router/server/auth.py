@@ -10,6 +10,11 @@ keeping every secret (those and the upstream keys) out of error bodies and logs.
   ``auth.api_keys_env`` (comma-separated) yields any key; otherwise it is open.
 * ``/healthz`` is always open.
 
+Tenants (what the response cache is scoped by and budgets are kept per): a client key's tenant is the
+name it is listed under in ``auth.tenant_keys_env`` (tenant -> variable with comma-separated keys), or
+else ``key-`` and the first 12 hex digits of its SHA-256. With no client keys configured, the tenant
+is the ``X-Router-Tenant`` header (self-declared: nothing is authenticated), else ``default``.
+
 Comparisons are constant time (``hmac.compare_digest`` on SHA-256 digests, so neither the content
 nor the length of a secret leaks, and every client key is compared whichever matches).
 """
@@ -71,12 +76,28 @@ def admin_token(config: RouterConfig, environ: Mapping[str, str] | None = None) 
 
 
 def client_keys(config: RouterConfig, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The accepted client API keys: ``auth.api_keys`` plus the comma-separated ``auth.api_keys_env``."""
+    """The accepted client API keys: ``auth.api_keys``, the comma-separated ``auth.api_keys_env`` and
+    the tenants' keys (``auth.tenant_keys_env``)."""
+    return list(client_tenants(config, environ))
+
+
+def key_tenant(key: str) -> str:
+    """The tenant of a key listed under no tenant name: derived from its digest, never the key."""
+    return "key-" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def client_tenants(config: RouterConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each accepted client key and its tenant."""
     env = os.environ if environ is None else environ
-    keys = [k.strip() for k in config.auth.api_keys if k.strip()]
-    if config.auth.api_keys_env:
-        keys += [k.strip() for k in (env.get(config.auth.api_keys_env) or "").split(",") if k.strip()]
-    return list(dict.fromkeys(keys))
+
+    def split(var: str | None) -> list[str]:
+        return [k.strip() for k in (env.get(var) or "").split(",") if k.strip()] if var else []
+
+    out = {k: key_tenant(k) for k in [k.strip() for k in config.auth.api_keys if k.strip()]
+           + split(config.auth.api_keys_env)}
+    for tenant, var in config.auth.tenant_keys_env.items():
+        out.update((k, tenant) for k in split(var))
+    return out
 
 
 def upstream_keys(config: RouterConfig) -> list[str]:
@@ -90,16 +111,17 @@ class AuthSettings:
     admin_digest: bytes | None = field(default=None, repr=False)
     admin_local_only: bool = False
     client_digests: tuple[bytes, ...] = field(default=(), repr=False)
+    client_tenants: tuple[str, ...] = ()  # the tenant of each client digest, in the same order
     secrets: tuple[str, ...] = field(default=(), repr=False)  # scrubbed from error bodies
 
     @classmethod
     def from_config(cls, config: RouterConfig, *, admin_local_only: bool = False,
                     environ: Mapping[str, str] | None = None) -> AuthSettings:
         token = admin_token(config, environ)
-        keys = client_keys(config, environ)
-        secrets = [s for s in (token, *keys, *upstream_keys(config)) if s]
+        tenants = client_tenants(config, environ)
+        secrets = [s for s in (token, *tenants, *upstream_keys(config)) if s]
         return cls(admin_digest=_digest(token) if token else None, admin_local_only=admin_local_only,
-                   client_digests=tuple(_digest(k) for k in keys),
+                   client_digests=tuple(_digest(k) for k in tenants), client_tenants=tuple(tenants.values()),
                    secrets=tuple(sorted(set(secrets), key=len, reverse=True)))
 
     @property
@@ -116,11 +138,28 @@ def bearer(request: web.Request) -> str | None:
 
 
 def _matches(token: str | None, digests: Iterable[bytes]) -> bool:
+    return _match(token, digests) is not None
+
+
+def _match(token: str | None, digests: Iterable[bytes]) -> int | None:
+    """The index of the digest ``token`` matches, or None."""
     given = _digest(token or "")
-    ok = False
-    for d in digests:  # no early exit: the time does not say which key matched
-        ok |= hmac.compare_digest(given, d)
-    return ok and token is not None
+    found = None
+    for i, d in enumerate(digests):  # no early exit: the time does not say which key matched
+        if hmac.compare_digest(given, d):
+            found = i
+    return found if token is not None else None
+
+
+TENANT = web.RequestKey("tenant", str)
+TENANT_HEADER = "X-Router-Tenant"
+DEFAULT_TENANT = "default"
+_TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def tenant_of(request: web.Request) -> str:
+    """The request's tenant, as the auth middleware set it (``default`` outside it)."""
+    return request.get(TENANT, DEFAULT_TENANT)
 
 
 def _area(request: web.Request) -> str | None:
@@ -182,8 +221,17 @@ def make_auth_middleware(settings: AuthSettings):  # type: ignore[no-untyped-def
             elif not settings.admin_local_only:
                 return error(403, ADMIN_DISABLED, code="admin_disabled")
         elif area == "v1" and settings.clients_need_keys:
-            if not _matches(bearer(request), settings.client_digests):
+            i = _match(bearer(request), settings.client_digests)
+            if i is None:
                 return _unauthorized("missing or incorrect API key (Authorization: Bearer <key>)", "invalid_api_key")
+            request[TENANT] = settings.client_tenants[i]
+        elif area == "v1":
+            claimed = request.headers.get(TENANT_HEADER)
+            if claimed is not None:
+                if not 0 < len(claimed) <= 64 or not set(claimed) <= _TENANT_CHARS:
+                    return error(422, f"{TENANT_HEADER}: {claimed[:80]!r} must be 1-64 letters, digits, '_', '.' "
+                                      "or '-'", code="invalid_tenant")
+                request[TENANT] = claimed
         return _scrub(await handler(request), settings.secrets)
 
     return auth_middleware

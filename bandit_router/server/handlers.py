@@ -12,12 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from feedback import SignalError, parse_feedback
 
+from ..config import LOCALITY_PATTERN
 from ..fallback import Attempt
+from ..locality import LocalityError
 from ..policy import NoEligibleModel
 from ..providers import UpstreamError
 from ..router import Decision, TooManyCategories
 from ..service import ExpiredEvent, Hints, Service, UnknownEvent
 from ..storage.base import StoreOverloaded
+from .auth import tenant_of
 from .errors import error, validation_error
 from .keys import SERVICE
 
@@ -32,6 +35,7 @@ class RouterHints(BaseModel):
     cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     max_cost_usd: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     reference: dict[str, Any] | None = None  # for automated graders: e.g. {"answer": "B"} or {"tests": [...]}
+    locality: str | None = Field(None, pattern=LOCALITY_PATTERN)  # e.g. "local": only models tagged so
 
 
 class ChatMessage(BaseModel):
@@ -53,6 +57,10 @@ class RouteRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     category: str | None = Field(None, pattern=CATEGORY_PATTERN)
     cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    locality: str | None = Field(None, pattern=LOCALITY_PATTERN)
+
+
+CACHE_BYPASS = ("bypass", "no-cache", "refresh")  # X-Router-Cache values that skip the lookup
 
 
 async def _json(request: web.Request) -> Any:
@@ -80,7 +88,12 @@ def _header_hints(request: web.Request, body_hints: RouterHints | None, body: di
     b = body_hints or RouterHints()
     asked = body.get("max_completion_tokens", body.get("max_tokens"))
     h = Hints(category=b.category, cost_weight=b.cost_weight, max_cost_usd=b.max_cost_usd,
-              max_output_tokens=asked if isinstance(asked, int) else None, reference=b.reference)
+              max_output_tokens=asked if isinstance(asked, int) else None, reference=b.reference,
+              locality=b.locality, tenant=tenant_of(request))
+    loc = request.headers.get("X-Router-Locality")
+    if loc is not None:
+        RouterHints(locality=loc)  # validates
+        h.locality = loc
     cat = request.headers.get("X-Router-Category")
     if cat is not None:
         RouterHints(category=cat)  # validates
@@ -98,8 +111,10 @@ def _fell_back(d: Decision, failed: list[Attempt] | None) -> bool:
     return bool(failed) and any(a.model != d.model for a in failed)  # type: ignore[union-attr]
 
 
-def _headers(d: Decision, failed: list[Attempt] | None = None) -> dict[str, str]:
+def _headers(d: Decision, failed: list[Attempt] | None = None, hints: Hints | None = None) -> dict[str, str]:
     out = {"X-Router-Event-Id": d.event_id or "", "X-Router-Model": d.model, "X-Router-Category": d.category}
+    if hints is not None and hints.locality is not None:
+        out["X-Router-Locality"] = hints.locality
     if _fell_back(d, failed):  # the models that failed this request before d.model answered, in order
         out["X-Router-Fallback"] = ",".join(dict.fromkeys(a.model for a in failed if a.model != d.model))
     return out
@@ -131,24 +146,46 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(409, f"model: {req.model!r} is disabled (deprecated) on this router; use 'auto'",
                      param="model", code="model_disabled")
     messages = body["messages"]  # validated above; forwarded as the client sent them
+    detected = service.restrict(messages, hints)
     try:
         d = service.decide(messages, hints, model=None if req.model == "auto" else req.model, record=False)
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")
     except TooManyCategories as e:
         return error(422, str(e), param="router.category", code="too_many_categories")
+    except LocalityError as e:
+        return error(e.status, str(e), param="router.locality", code="locality_unavailable")
     if req.stream:
         return await _stream(request, service, d, body, hints)
+    key = service.cache_key(d, body, hints.tenant)
+    cache = None  # what the cache did: "hit", "miss" or "bypass" (None: the request is not cacheable)
+    if key is not None:
+        cache = "bypass" if request.headers.get("X-Router-Cache", "").lower() in CACHE_BYPASS else "miss"
+    if key is not None and cache == "miss" and (hit := service.cache_lookup(d, key)) is not None:
+        out = orjson.loads(hit.body)
+        out["router"] = {"event_id": d.event_id, "category": d.category, "model": d.model, "cost_usd": 0.0,
+                         "cache": "hit"}
+        return web.Response(body=orjson.dumps(out), content_type="application/json",
+                            headers={**_headers(d, None, hints), "X-Router-Cache": "hit"})
+    elif cache == "bypass" and service.cache is not None:
+        service.cache.bypasses += 1
     failed: list[Attempt] = []
     try:
         done, cost = await service.complete(d, body, hints.reference, failed=failed)
     except UpstreamError as e:
         return _upstream_error(e, failed)
     out = done.body
+    if key is not None:
+        service.cache_store(key, d, orjson.dumps(out), hints.tenant)
     out["router"] = {"event_id": d.event_id, "category": d.category, "model": d.model, "cost_usd": cost}
     if failed:  # retries on the model that answered, or a fallback from others
         out["router"]["retries" if not _fell_back(d, failed) else "fallback"] = _fallback(failed)
-    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d, failed))
+    headers = _headers(d, failed, hints)
+    if cache is not None:
+        out["router"]["cache"] = headers["X-Router-Cache"] = cache
+    if hints.locality is not None:
+        out["router"]["locality"] = {"required": hints.locality, "detected": detected}
+    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=headers)
 
 
 def _fallback(failed: list[Attempt]) -> dict[str, Any]:
@@ -181,8 +218,8 @@ async def _stream(request: web.Request, service: Service, d: Decision, body: dic
         try:
             async for line in lines:
                 if resp is None:
-                    resp = web.StreamResponse(headers={**_headers(d, failed), "Content-Type": "text/event-stream",
-                                                       "Cache-Control": "no-cache"})
+                    resp = web.StreamResponse(headers={**_headers(d, failed, hints), "Cache-Control": "no-cache",
+                                                       "Content-Type": "text/event-stream"})
                     await resp.prepare(request)
                 await resp.write(line)
         except UpstreamError as e:
@@ -216,17 +253,25 @@ async def route(request: web.Request) -> web.Response:
         return error(400, e.reason)
     except ValidationError as e:
         return validation_error(e)
+    messages = _messages(req.messages)
+    hints = Hints(category=req.category, cost_weight=req.cost_weight, locality=req.locality,
+                  tenant=tenant_of(request))
+    service.restrict(messages, hints)
     try:
-        d = service.decide(_messages(req.messages), Hints(category=req.category, cost_weight=req.cost_weight))
+        d = service.decide(messages, hints)
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")
     except TooManyCategories as e:
         return error(422, str(e), param="category", code="too_many_categories")
+    except LocalityError as e:
+        return error(e.status, str(e), param="locality", code="locality_unavailable")
     except StoreOverloaded:
         return error(503, "the router's storage queue is full; retry shortly", code="overloaded")
     out = {"event_id": d.event_id, "model": d.model, "category": d.category,
            "expected_cost_usd": d.expected_cost, "candidates": service.candidates(d)}
-    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d))
+    if hints.locality is not None:
+        out["locality"] = hints.locality
+    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d, None, hints))
 
 
 async def feedback(request: web.Request) -> web.Response:

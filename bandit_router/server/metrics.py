@@ -16,7 +16,8 @@ On the request path (cheap: a dict increment or one histogram observation):
 
 At scrape time (no per-request cost): ``bandit_router_traffic_share{category,model}`` (decisions since
 start), ``bandit_router_posterior_quality_mean{category,model}``, ``bandit_router_breaker_state{model}``
-(0 closed, 1 half-open, 2 open) and ``bandit_router_storage_queue_depth``.
+(0 closed, 1 half-open, 2 open), ``bandit_router_storage_queue_depth``, and with the response cache on,
+``bandit_router_cache_requests{result}`` (hit, miss, bypass) and ``bandit_router_cache_entries``.
 
 Labels are bounded: models are the configured ones, categories are bounded by the router, statuses are
 HTTP codes, and feedback sources map to ``user``, ``grader:<configured grader>``, ``grader:other`` or
@@ -183,6 +184,16 @@ class _ScrapeCollector(Collector):
         depth = GaugeMetricFamily("bandit_router_storage_queue_depth", "Storage writer queue depth")
         depth.add_metric([], service.store.queue_depth)
         yield from (quality, breaker, depth)
+        if service.cache is not None:
+            c = service.cache
+            lookups = CounterMetricFamily("bandit_router_cache_requests", "Cacheable chat completion requests by "
+                                          "what the response cache did (hit: answered at $0, no upstream call)",
+                                          labels=["result"])
+            for result, n in (("hit", c.hits), ("miss", c.misses), ("bypass", c.bypasses)):
+                lookups.add_metric([result], n)
+            entries = GaugeMetricFamily("bandit_router_cache_entries", "Entries in the response cache")
+            entries.add_metric([], len(c))
+            yield from (lookups, entries)
 
 
 METRICS = web.AppKey("metrics", Metrics)

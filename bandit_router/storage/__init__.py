@@ -14,6 +14,7 @@ from typing import Any
 from .base import (
     DECISION_STATUSES,
     UPDATABLE_FIELDS,
+    CacheRow,
     DecisionRow,
     FeedbackRow,
     StateRow,
@@ -24,8 +25,8 @@ from .base import (
 from .sqlite import SQLiteStore
 
 __all__ = [
-    "DECISION_STATUSES", "UPDATABLE_FIELDS", "DecisionRow", "FeedbackRow", "SQLiteStore", "StateRow", "Store",
-    "StoreClosed", "StoreOverloaded", "open_store",
+    "DECISION_STATUSES", "UPDATABLE_FIELDS", "CacheRow", "DecisionRow", "FeedbackRow", "SQLiteStore", "StateRow",
+    "Store", "StoreClosed", "StoreOverloaded", "open_store",
 ]
 
 

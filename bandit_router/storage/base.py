@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 
-DECISION_STATUSES = frozenset({"routed", "completed", "failed"})
+DECISION_STATUSES = frozenset({"routed", "completed", "failed", "cached"})  # cached: answered from the cache
 # Columns ``update_decision`` may change: completion (cost_usd, completion_tokens, status)
 # and learning (stamp, quality).  Identity columns of a decision are immutable.
 UPDATABLE_FIELDS = frozenset({"cost_usd", "completion_tokens", "status", "stamp", "quality"})
@@ -89,6 +89,19 @@ class StateRow:
     updated: float
 
 
+@dataclass(slots=True)
+class CacheRow:
+    """A cached response (see ``bandit_router.cache``); ``key`` already includes the tenant."""
+
+    key: str
+    tenant: str
+    model: str
+    category: str
+    body: bytes
+    created: float
+    expires: float
+
+
 @runtime_checkable
 class Store(Protocol):
     """The one narrow storage interface of the service (see the module docstring)."""
@@ -122,6 +135,15 @@ class Store(Protocol):
 
     def save_state(self, rows: Sequence[StateRow]) -> None:
         """Queue a state upsert (checkpoint); within one batch the last row of a key wins."""
+
+    def save_cache(self, row: CacheRow) -> None:
+        """Queue a cache entry upsert; fire-and-forget."""
+
+    def delete_cache(self, keys: Sequence[str]) -> None:
+        """Queue the deletion of cache entries (evicted or expired); fire-and-forget."""
+
+    def load_cache(self, now: float) -> list[CacheRow]:
+        """Synchronous (startup): the cache entries that have not expired by ``now``."""
 
     async def flush(self) -> None:
         """Resolve once everything queued before this call is committed."""
@@ -226,6 +248,12 @@ def feedback_record(r: FeedbackRow) -> dict[str, Any]:
 
 def state_record(r: StateRow) -> dict[str, Any]:
     return {"key": _text(r.key, "key"), "value": _blob(r.value, "value"), "updated": _real(r.updated, "updated")}
+
+
+def cache_record(r: CacheRow) -> dict[str, Any]:
+    return {"key": _text(r.key, "key"), "tenant": _text(r.tenant, "tenant"), "model": _text(r.model, "model"),
+            "category": _text(r.category, "category"), "body": _blob(r.body, "body"),
+            "created": _real(r.created, "created"), "expires": _real(r.expires, "expires")}
 
 
 def finite(v: Any, name: str) -> float:

@@ -34,18 +34,20 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
-from .base import DecisionRow, FeedbackRow, StoreClosed
-from .writer import DECISION, EXPIRE, FEEDBACK, STATE, UPDATE, Op, QueuedStore
+from .base import CacheRow, DecisionRow, FeedbackRow, StoreClosed
+from .writer import CACHE_DEL, CACHE_PUT, DECISION, EXPIRE, FEEDBACK, STATE, UPDATE, Op, QueuedStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# 1: the first schema; 2: decisions.score_moments (nullable BLOB), added in place to a version-1 file
-SCHEMA_VERSION = 2
+# 1: the first schema; 2: decisions.score_moments (nullable BLOB), added in place to a version-1 file;
+# 3: the cache table (created in place in an older file)
+SCHEMA_VERSION = 3
 _DECISION_COLS = ("event_id", "created", "category", "model", "x", "prompt_tokens", "expected_cost",
                   "cost_weight", "learn", "stamp", "quality", "cost_usd", "completion_tokens", "status", "tenant",
                   "score_moments")
 _FEEDBACK_COLS = ("event_id", "source", "quality", "kind", "weight", "raw", "created")
+_CACHE_COLS = ("key", "tenant", "model", "category", "body", "created", "expires")
 _DECISION_ROW_SQL = f"({', '.join('?' for _ in _DECISION_COLS)})"
 _ROWS_PER_INSERT = 256  # 256 × 16 parameters, well under SQLite's 32,766
 
@@ -93,6 +95,7 @@ def _apply(db: Database, ops: list[Op]) -> None:
     updates: dict[str, dict[str, Any]] = {}
     feedback: dict[tuple[str, str], dict[str, Any]] = {}
     state: dict[str, dict[str, Any]] = {}
+    cache: dict[str, dict[str, Any] | None] = {}  # key -> row, or None: delete
     for op in ops:
         if op.kind == DECISION:
             decisions.append(op.data)
@@ -104,6 +107,10 @@ def _apply(db: Database, ops: list[Op]) -> None:
             state.update((r["key"], r) for r in rows)
         elif op.kind == STATE:
             state.update((r["key"], r) for r in op.data)
+        elif op.kind == CACHE_PUT:
+            cache[op.data["key"]] = op.data
+        elif op.kind == CACHE_DEL:
+            cache.update((k, None) for k in op.data)
     if decisions:  # the hot path: no per-chunk column discovery
         _insert_decisions(db, decisions)
     if updates:
@@ -123,6 +130,11 @@ def _apply(db: Database, ops: list[Op]) -> None:
         db["feedback"].upsert_all(list(feedback.values()), pk=("event_id", "source"))
     if state:
         db["state"].upsert_all(list(state.values()), pk="key")
+    if cache:  # the last operation on a key wins, as in order
+        if dead := [[k] for k, r in cache.items() if r is None]:
+            db.conn.executemany("DELETE FROM cache WHERE key = ?", dead)
+        if rows := [r for r in cache.values() if r is not None]:
+            db["cache"].upsert_all(rows, pk="key")
 
 
 class SQLiteStore(QueuedStore):
@@ -169,6 +181,9 @@ class SQLiteStore(QueuedStore):
                  "created": float}, pk=("event_id", "source"), not_null=set(_FEEDBACK_COLS), if_not_exists=True)
             db["state"].create({"key": str, "value": bytes, "updated": float}, pk="key",
                                not_null={"value", "updated"}, if_not_exists=True)
+            db["cache"].create({"key": str, "tenant": str, "model": str, "category": str, "body": bytes,
+                                "created": float, "expires": float}, pk="key", not_null=set(_CACHE_COLS) - {"key"},
+                               if_not_exists=True)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return db
 
@@ -243,6 +258,11 @@ class SQLiteStore(QueuedStore):
     def load_state(self, prefix: str = "") -> dict[str, bytes]:
         sql = "SELECT key, value FROM state WHERE substr(key, 1, length(?)) = ?"
         return {k: bytes(v) for k, v in self._reader().execute(sql, [prefix, prefix])}
+
+    def load_cache(self, now: float) -> list[CacheRow]:
+        sql = f"SELECT {', '.join(_CACHE_COLS)} FROM cache WHERE expires > ? ORDER BY created"
+        return [CacheRow(k, t, m, c, bytes(b), cr, ex) for k, t, m, c, b, cr, ex in
+                self._reader().execute(sql, [float(now)])]
 
     async def get_decision(self, event_id: str) -> DecisionRow | None:
         def q(db: Database) -> DecisionRow | None:

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
+    CacheRow,
     DecisionRow,
     FeedbackRow,
     StateRow,
     StoreClosed,
     StoreOverloaded,
+    cache_record,
     decision_record,
     decision_update,
     feedback_record,
@@ -44,8 +46,9 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-DECISION, UPDATE, FEEDBACK, STATE, EXPIRE, FLUSH = range(6)
-_KIND_NAMES = ("record_decision", "update_decision", "record_feedback", "save_state", "expire", "flush")
+DECISION, UPDATE, FEEDBACK, STATE, EXPIRE, FLUSH, CACHE_PUT, CACHE_DEL = range(8)
+_KIND_NAMES = ("record_decision", "update_decision", "record_feedback", "save_state", "expire", "flush",
+               "save_cache", "delete_cache")
 _STOP = object()
 
 
@@ -209,6 +212,13 @@ class QueuedStore:
         records = [state_record(r) for r in rows]
         if records:
             self._put(Op(STATE, records))
+
+    def save_cache(self, row: CacheRow) -> None:
+        self._put(Op(CACHE_PUT, cache_record(row)))
+
+    def delete_cache(self, keys: Sequence[str]) -> None:
+        if keys:
+            self._put(Op(CACHE_DEL, [str(k) for k in keys]))
 
     async def record_feedback(self, row: FeedbackRow, *, state: Sequence[StateRow] = ()) -> None:
         data = (feedback_record(row), [state_record(r) for r in state])

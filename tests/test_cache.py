@@ -1,0 +1,193 @@
+"""The response cache: the pure index (keys, TTL, LRU) and, end to end in process against the
+simulator on loopback, hits that cost $0 and call no upstream, tenant scoping, bypass, restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fleet import CODING, fleet_config, sim_client
+
+from bandit_router.cache import ResponseCache, cache_key, cacheable
+from bandit_router.config import parse_config
+from bandit_router.server import make_app
+from bandit_router.server.keys import SERVICE
+
+# -- the pure part ---------------------------------------------------------------------------------
+
+
+def test_only_deterministic_single_unstreamed_requests_are_cacheable():
+    base = {"model": "auto", "messages": CODING}
+    assert cacheable({**base, "temperature": 0})
+    assert cacheable({**base, "temperature": 0.0, "n": 1})
+    assert not cacheable(base)  # the provider's default temperature is not 0
+    assert not cacheable({**base, "temperature": 0.7})
+    assert not cacheable({**base, "temperature": False})  # a bool is not a temperature
+    assert not cacheable({**base, "temperature": 0, "stream": True})
+    assert not cacheable({**base, "temperature": 0, "n": 2})
+    assert cacheable({**base, "temperature": 0.7}, all_requests=True)
+    assert not cacheable({**base, "stream": True}, all_requests=True)
+
+
+def test_the_key_is_scoped_by_tenant_and_eligible_models_and_ignores_what_does_not_change_the_answer():
+    body = {"model": "auto", "messages": CODING, "temperature": 0, "max_tokens": 50}
+    k = cache_key("a", body, ["m1", "m2"])
+    assert k == cache_key("a", dict(reversed(list(body.items()))), ["m2", "m1"])  # order does not matter
+    assert k == cache_key("a", {**body, "user": "u1", "stream": False, "router": {"category": "x"}}, ["m1", "m2"])
+    assert k != cache_key("b", body, ["m1", "m2"])  # another tenant
+    assert k != cache_key("a", body, ["m1"])  # another eligible set
+    assert k != cache_key("a", {**body, "max_tokens": 51}, ["m1", "m2"])
+    assert k != cache_key("a", {**body, "messages": [{"role": "user", "content": "other"}]}, ["m1", "m2"])
+    # the tenant cannot be smuggled into the request to collide with another tenant's key
+    assert cache_key("a", body, ["m1"]) != cache_key("", {**body, "a": 1}, ["m1"])
+
+
+def test_entries_expire_after_the_ttl_and_the_least_recently_used_go_first():
+    c = ResponseCache(max_entries=2, ttl_s=10.0)
+    for i, key in enumerate(("k1", "k2")):
+        assert c.put(c.entry(key, "t", "m", "general", b"{}", now=100.0 + i)) == []
+    assert c.get("k1", 105.0) is not None  # k1 is now the most recently used
+    assert c.put(c.entry("k3", "t", "m", "general", b"{}", now=106.0)) == ["k2"]
+    assert c.get("k2", 106.0) is None and c.get("k1", 106.0) is not None
+    assert c.get("k1", 110.0) is None  # created at 100, ttl 10
+    assert c.expire(200.0) == ["k3"] and len(c) == 0
+    assert c.stats()["hits"] == 2 and c.stats()["misses"] == 2
+
+
+def test_load_keeps_the_newest_within_the_cap_and_skips_expired_entries():
+    old = ResponseCache(max_entries=5, ttl_s=10.0)
+    entries = [old.entry(f"k{i}", "t", "m", "general", b"{}", now=float(i)) for i in range(5)]
+    c = ResponseCache(max_entries=2, ttl_s=10.0)
+    dropped = c.load(reversed(entries), now=10.5)  # k0 expired at 10.0
+    assert sorted(dropped) == ["k1", "k2"] and c.get("k4", 10.5) and c.get("k3", 10.5)
+    assert c.stores == 0  # restoring is not storing
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="max_entries"):
+        ResponseCache(max_entries=0)
+    with pytest.raises(ValueError, match="ttl_s"):
+        ResponseCache(ttl_s=0)
+
+
+# -- end to end --------------------------------------------------------------------------------------
+
+DET = {"model": "auto", "messages": CODING, "temperature": 0}
+
+
+async def _router(aiohttp_client, tmp_path, sim_port: int, *, db: str = "cache.db", **extra):
+    cfg = parse_config({**fleet_config(sim_port), **extra})
+    app = make_app(cfg, db_path=tmp_path / db, admin_local_only=True)
+    return await aiohttp_client(app), app
+
+
+async def _upstream_calls(sim) -> int:
+    async with sim_client(sim) as c:
+        models = (await (await c.get("/admin/models")).json())["models"]
+    return sum(m["requests"] for m in models.values())
+
+
+@pytest.mark.asyncio
+async def test_a_repeated_deterministic_request_is_answered_from_the_cache(sim, aiohttp_client, tmp_path):
+    client, app = await _router(aiohttp_client, tmp_path, sim.port)
+    r1 = await client.post("/v1/chat/completions", json=DET)
+    b1 = await r1.json()
+    assert r1.status == 200 and r1.headers["X-Router-Cache"] == "miss" and b1["router"]["cache"] == "miss"
+    calls = await _upstream_calls(sim)
+    r2 = await client.post("/v1/chat/completions", json=DET)
+    b2 = await r2.json()
+    assert r2.status == 200 and r2.headers["X-Router-Cache"] == "hit"
+    assert await _upstream_calls(sim) == calls  # no upstream call
+    assert b2["router"]["cache"] == "hit" and b2["router"]["cost_usd"] == 0.0
+    assert b2["choices"] == b1["choices"] and b2["model"] == b1["model"] == r2.headers["X-Router-Model"]
+    assert b2["router"]["event_id"] != b1["router"]["event_id"]
+
+    # feedback on a hit is recorded but not learned: the posterior does not move
+    service = app[SERVICE]
+    before = service.router.arm_stats()
+    fb = await client.post("/v1/feedback", json={"event_id": b2["router"]["event_id"], "score": 0.0})
+    assert fb.status == 200 and (await fb.json())["learned"] is False
+    assert service.router.arm_stats() == before
+    await service.store.flush()
+    row = await service.store.get_decision(b2["router"]["event_id"])
+    assert row.status == "cached" and row.cost_usd == 0.0 and row.learn is False
+
+    metrics = await (await client.get("/metrics")).text()
+    assert 'bandit_router_cache_requests_total{result="hit"} 1.0' in metrics
+
+
+@pytest.mark.asyncio
+async def test_non_deterministic_requests_and_bypass_reach_the_upstream(sim, aiohttp_client, tmp_path):
+    client, _ = await _router(aiohttp_client, tmp_path, sim.port)
+    warm = {**DET, "temperature": 0.7}
+    for _ in range(2):
+        r = await client.post("/v1/chat/completions", json=warm)
+        assert r.status == 200 and "X-Router-Cache" not in r.headers and "cache" not in (await r.json())["router"]
+    await client.post("/v1/chat/completions", json=DET)
+    calls = await _upstream_calls(sim)
+    r = await client.post("/v1/chat/completions", json=DET, headers={"X-Router-Cache": "bypass"})
+    assert r.status == 200 and r.headers["X-Router-Cache"] == "bypass"
+    assert await _upstream_calls(sim) == calls + 1
+    r = await client.post("/v1/chat/completions", json=DET)  # the bypass refreshed the entry; this one hits
+    assert r.headers["X-Router-Cache"] == "hit"
+
+
+@pytest.mark.asyncio
+async def test_entries_are_never_served_across_tenants(sim, aiohttp_client, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEAM_A_KEYS", "key-aaaaaaaaaaaaaaaa")
+    monkeypatch.setenv("TEAM_B_KEYS", "key-bbbbbbbbbbbbbbbb")
+    client, _ = await _router(aiohttp_client, tmp_path, sim.port,
+                              auth={"tenant_keys_env": {"team-a": "TEAM_A_KEYS", "team-b": "TEAM_B_KEYS"}})
+    a = {"Authorization": "Bearer key-aaaaaaaaaaaaaaaa"}
+    b = {"Authorization": "Bearer key-bbbbbbbbbbbbbbbb"}
+    assert (await client.post("/v1/chat/completions", json=DET, headers=a)).headers["X-Router-Cache"] == "miss"
+    assert (await client.post("/v1/chat/completions", json=DET, headers=a)).headers["X-Router-Cache"] == "hit"
+    calls = await _upstream_calls(sim)
+    # team b sends the same request (and claims team a's tenant header, which authentication overrides)
+    r = await client.post("/v1/chat/completions", json=DET, headers={**b, "X-Router-Tenant": "team-a"})
+    assert r.status == 200 and r.headers["X-Router-Cache"] == "miss"
+    assert await _upstream_calls(sim) == calls + 1
+
+
+@pytest.mark.asyncio
+async def test_without_auth_the_tenant_header_scopes_the_cache(sim, aiohttp_client, tmp_path):
+    client, _ = await _router(aiohttp_client, tmp_path, sim.port)
+    h1, h2 = {"X-Router-Tenant": "one"}, {"X-Router-Tenant": "two"}
+    assert (await client.post("/v1/chat/completions", json=DET, headers=h1)).headers["X-Router-Cache"] == "miss"
+    assert (await client.post("/v1/chat/completions", json=DET, headers=h2)).headers["X-Router-Cache"] == "miss"
+    assert (await client.post("/v1/chat/completions", json=DET, headers=h2)).headers["X-Router-Cache"] == "hit"
+    bad = await client.post("/v1/chat/completions", json=DET, headers={"X-Router-Tenant": "a b"})
+    assert bad.status == 422 and "X-Router-Tenant" in (await bad.json())["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_the_cache_survives_a_restart_and_entries_expire(sim, aiohttp_client, tmp_path):
+    client, app = await _router(aiohttp_client, tmp_path, sim.port, cache={"ttl_s": 1.5})
+    assert (await client.post("/v1/chat/completions", json=DET)).headers["X-Router-Cache"] == "miss"
+    await client.close()  # the app's cleanup flushes the store
+    client, _ = await _router(aiohttp_client, tmp_path, sim.port, cache={"ttl_s": 1.5})
+    calls = await _upstream_calls(sim)
+    assert (await client.post("/v1/chat/completions", json=DET)).headers["X-Router-Cache"] == "hit"
+    assert await _upstream_calls(sim) == calls
+    await asyncio.sleep(1.6)
+    assert (await client.post("/v1/chat/completions", json=DET)).headers["X-Router-Cache"] == "miss"
+
+
+@pytest.mark.asyncio
+async def test_a_pass_through_and_a_routed_request_do_not_share_entries(sim, aiohttp_client, tmp_path):
+    client, _ = await _router(aiohttp_client, tmp_path, sim.port)
+    r = await client.post("/v1/chat/completions", json=DET)
+    chosen = r.headers["X-Router-Model"]
+    r = await client.post("/v1/chat/completions", json={**DET, "model": chosen})
+    assert r.headers["X-Router-Cache"] == "miss"  # the eligible set differs: {chosen} vs the category's models
+    r = await client.post("/v1/chat/completions", json={**DET, "model": chosen})
+    assert r.headers["X-Router-Cache"] == "hit"
+
+
+@pytest.mark.asyncio
+async def test_the_cache_can_be_turned_off(sim, aiohttp_client, tmp_path):
+    client, app = await _router(aiohttp_client, tmp_path, sim.port, cache={"enabled": False})
+    for _ in range(2):
+        r = await client.post("/v1/chat/completions", json=DET)
+        assert r.status == 200 and "X-Router-Cache" not in r.headers
+    assert app[SERVICE].cache is None
