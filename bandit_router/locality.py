@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import regex
 
-__all__ = ["BUILTIN_DETECTORS", "LocalityError", "SensitiveDataDetector", "locality_mask", "message_text"]
+__all__ = ["BUILTIN_DETECTORS", "LocalityError", "LocalityPolicy", "SensitiveDataDetector", "locality_mask",
+           "message_text"]
 
 
 class LocalityError(Exception):
@@ -121,3 +122,49 @@ class SensitiveDataDetector:
 def locality_mask(localities: Sequence[str | None], wanted: str) -> np.ndarray:
     """Per model: whether it carries the ``wanted`` locality tag."""
     return np.array([loc == wanted for loc in localities], dtype=bool)
+
+
+class LocalityPolicy:
+    """The models' locality tags and the detector's route, as the service applies them.
+
+    ``tags``: model name -> locality tag (None: untagged); ``route_to``: the locality for requests
+    with sensitive data (None: the detector is off)."""
+
+    def __init__(self, tags: Mapping[str, str | None], route_to: str | None = None,
+                 detector: SensitiveDataDetector | None = None) -> None:
+        self.tags = dict(tags)
+        self.route_to = route_to
+        self.detector = detector if route_to is not None else None
+
+    def restrict(self, messages: Sequence[Mapping[str, Any]], asked: str | None) -> tuple[str | None, list[str]]:
+        """The request's locality (the one asked for, else ``route_to`` when the detector finds
+        personal data) and what the detector found."""
+        if asked is not None or self.detector is None:
+            return asked, []
+        found = self.detector.find_in(messages)
+        return (self.route_to if found else None), found
+
+    def mask(self, models: Sequence[str], locality: str) -> np.ndarray:
+        """Per model (in ``models`` order): tagged ``locality``. Raises :class:`LocalityError` (422)
+        when no model is."""
+        mask = locality_mask([self.tags.get(m) for m in models], locality)
+        if not mask.any():
+            configured = sorted({t for t in self.tags.values() if t})
+            raise LocalityError(f"locality: no model has locality {locality!r}, so this request cannot be served "
+                                f"without its data leaving that locality (configured localities: "
+                                f"{', '.join(configured) or 'none'})")
+        return mask
+
+    def allows(self, model: str, locality: str) -> None:
+        """Raises :class:`LocalityError` when a request restricted to ``locality`` names a model outside it."""
+        if self.tags.get(model) != locality:
+            raise LocalityError(f"model: {model!r} has locality {self.tags.get(model)!r}, and this request may "
+                                f"only reach models with locality {locality!r}")
+
+    @staticmethod
+    def unavailable(locality: str | None, cause: Exception) -> LocalityError:
+        return LocalityError(f"no model with locality {locality!r} may serve this request now: {cause}", 503)
+
+    def within(self, locality: str, models: Iterable[str | None]) -> bool:
+        """Whether every named model (e.g. a judge and its alternates) has this locality."""
+        return all(self.tags.get(m) == locality for m in models if m)

@@ -31,7 +31,7 @@ from .config import RouterConfig
 from .fallback import Attempt, Tries
 from .features import Message
 from .grading import Grading
-from .locality import LocalityError, SensitiveDataDetector, locality_mask
+from .locality import LocalityPolicy, SensitiveDataDetector
 from .policy import NoEligibleModel
 from .providers.base import Completion, Provider, StreamResult, UpstreamError, Usage
 from .reliability import Breakers
@@ -108,9 +108,9 @@ class Service:
         r = config.reliability
         self.breakers = Breakers(router.models, failures=r.breaker_failures, cooldown_s=r.breaker_cooldown_s)
         self._rng = random.Random()
-        self.locality_of = {m.name: m.locality for m in config.models}
         sens = config.locality.sensitive
-        self.detector = SensitiveDataDetector(sens.detect, sens.patterns) if sens.route_to else None
+        self.locality = LocalityPolicy({m.name: m.locality for m in config.models}, sens.route_to,
+                                       SensitiveDataDetector(sens.detect, sens.patterns) if sens.route_to else None)
         c = config.cache
         self.cache = ResponseCache(max_entries=c.max_entries, ttl_s=c.ttl_s) if c.enabled else None
         self.metrics: Any = None  # server.metrics.Metrics: decided(d), cost(d, usd), feedback(source)
@@ -124,7 +124,7 @@ class Service:
         request instead of an insert and an update); see :meth:`account`."""
         now = time.time()
         event_id = self._event_id(now)
-        local = None if hints.locality is None else self._locality_mask(hints.locality)
+        local = None if hints.locality is None else self.locality.mask(self.router.models, hints.locality)
         if model is None:
             closed = None if self.breakers.all_closed else self.breakers.allowed(now)
             allowed = local if closed is None else closed if local is None else closed & local
@@ -134,19 +134,18 @@ class Service:
                                        event_id=event_id, timestamp=now, allowed=allowed)
             except NoEligibleModel as e:
                 if closed is None:
-                    raise self._no_local(hints.locality, e) if local is not None else e from None
+                    raise self.locality.unavailable(hints.locality, e) if local is not None else e from None
                 # every eligible model's breaker is open: fail open, to the best of them, rather than refuse
                 try:
                     d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
                                            max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
                                            event_id=event_id, timestamp=now, allowed=local)
                 except NoEligibleModel as e2:
-                    raise self._no_local(hints.locality, e2) if local is not None else e2 from None
+                    raise self.locality.unavailable(hints.locality, e2) if local is not None else e2 from None
             learn = True
         else:
-            if local is not None and not local[self.router.index[model]]:
-                raise LocalityError(f"model: {model!r} has locality {self.locality_of.get(model)!r}, and this "
-                                    f"request may only reach models with locality {hints.locality!r}")
+            if hints.locality is not None:
+                self.locality.allows(model, hints.locality)
             d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
                                    model=model, max_output_tokens=hints.max_output_tokens,
                                    event_id=event_id, timestamp=now)
@@ -201,35 +200,15 @@ class Service:
     def restrict(self, messages: Sequence[Message], hints: Hints) -> list[str]:
         """Apply the sensitive-data detector: when it finds personal data (and no locality was asked
         for), the request is restricted to ``locality.sensitive.route_to``. Returns what it found."""
-        if self.detector is None or hints.locality is not None:
-            return []
-        found = self.detector.find_in(messages)
-        if found:
-            hints.locality = self.config.locality.sensitive.route_to
+        hints.locality, found = self.locality.restrict(messages, hints.locality)
         return found
 
-    def _locality_mask(self, locality: str) -> np.ndarray:
-        mask = locality_mask([self.locality_of.get(m) for m in self.router.models], locality)
-        if not mask.any():
-            tags = sorted({t for t in self.locality_of.values() if t})
-            raise LocalityError(f"locality: no model has locality {locality!r}, so this request cannot be served "
-                                f"without its data leaving that locality (configured localities: "
-                                f"{', '.join(tags) or 'none'})")
-        return mask
-
-    @staticmethod
-    def _no_local(locality: str | None, e: Exception) -> LocalityError:
-        return LocalityError(f"no model with locality {locality!r} may serve this request now: {e}", 503)
-
     def _judge_allowed(self, locality: str | None) -> Any:
-        """For a restricted request: only graders that send nothing outside its locality."""
+        """For a restricted request: only graders that send nothing outside its locality (a judge
+        sends the request to its model or an alternate)."""
         if locality is None:
             return None
-
-        def keep(g: Any) -> bool:  # a judge sends the request to its model (or an alternate)
-            return not isinstance(g, LLMJudgeGrader) or all(
-                self.locality_of.get(m) == locality for m in (g.model, *g.alternates))
-        return keep
+        return lambda g: not isinstance(g, LLMJudgeGrader) or self.locality.within(locality, (g.model, *g.alternates))
 
     # -- the response cache ------------------------------------------------------------------
     def cache_key(self, d: Decision, body: dict[str, Any], tenant: str) -> str | None:
@@ -244,7 +223,7 @@ class Service:
         else:
             serving = self.router.serving(d.category)
             if t is not None and t.locality is not None:
-                serving &= self._locality_mask(t.locality)
+                serving &= self.locality.mask(self.router.models, t.locality)
             eligible = [m for m, ok in zip(self.router.models, serving, strict=True) if ok]
         return cache_key(tenant, body, eligible)
 
