@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from .. import __version__
-from ..config import RouterConfig
+from ..config import LOCALITY_PATTERN, RouterConfig
 from .handlers import CATEGORY_PATTERN, ChatRequest, RouteRequest
 from .keys import CONFIG
 
@@ -72,6 +72,16 @@ _DECISION_HEADERS = {
     "X-Router-Event-Id": {"description": "The decision's id, for POST /v1/feedback.", "schema": _STR},
     "X-Router-Model": {"description": "The model chosen.", "schema": _STR},
     "X-Router-Category": {"description": "The category the request was routed in.", "schema": _STR},
+    "X-Router-Locality": {"description": "Present when the request was restricted to models with this locality "
+                                         "(asked for, or personal data was detected).", "schema": _STR},
+}
+_CHAT_HEADERS = {
+    **_DECISION_HEADERS,
+    "X-Router-Cache": {"description": "For cacheable (deterministic) requests: hit (answered from the cache at $0, "
+                                      "no upstream call), miss or bypass.",
+                       "schema": {"type": "string", "enum": ["hit", "miss", "bypass"]}},
+    "X-Router-Fallback": {"description": "The models that failed before the one that answered, in order.",
+                          "schema": _STR},
 }
 
 
@@ -92,7 +102,10 @@ def _response_schemas() -> dict[str, Any]:
             "code": {"type": ["string", "null"], "description": "a machine-readable code, if any"},
         }, ["message", "type"]),
     })
-    router_info = _obj({"event_id": _STR, "category": _STR, "model": _STR, "cost_usd": _NUM})
+    router_info = _obj({"event_id": _STR, "category": _STR, "model": _STR, "cost_usd": _NUM,
+                        "cache": {"type": "string", "enum": ["hit", "miss", "bypass"]},
+                        "locality": _obj({"required": _STR, "detected": {"type": "array", "items": _STR}})},
+                       ["event_id", "category", "model", "cost_usd"])
     completion = _obj({"choices": {"type": "array"}, "router": _ref("RouterInfo")}, ["router"])
     completion["description"] = "The upstream's chat.completion, with the router's decision under `router`."
     event = {"type": "object", "required": ["data"], "additionalProperties": True,
@@ -204,6 +217,13 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                 "quality points per dollar for this request"),
         _header("X-Router-Max-Cost-Usd", {"type": "number", "exclusiveMinimum": 0},
                 "exclude models expected to cost more than this"),
+        _header("X-Router-Locality", {"type": "string", "pattern": LOCALITY_PATTERN},
+                "only models with this locality tag (e.g. local) may receive the request; fails closed"),
+        _header("X-Router-Tenant", {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"},
+                "the tenant the cache is scoped by, when no client keys are configured (with keys, the key's "
+                "tenant is used and this header is ignored)"),
+        _header("X-Router-Cache", {"type": "string", "enum": ["bypass", "no-cache", "refresh"]},
+                "do not answer from the response cache (the fresh answer still refreshes it)"),
     ]
     name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
                   "description": "a configured model's name", "example": names[0]}
@@ -221,7 +241,7 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
             "requestBody": body(chat_ref, {"model": "auto", "messages": messages}),
             "responses": {
                 "200": {"description": "The completion (or an event stream ending in data: [DONE]).",
-                        "headers": _DECISION_HEADERS,
+                        "headers": _CHAT_HEADERS,
                         "content": {"application/json": {"schema": _ref("ChatCompletion")},
                                     "text/event-stream": {"schema": _ref("ChatCompletionEvent")}}},
                 **_errors(400, 401, 404, 409, 413, 422, "4XX", 502, 503, 504),
