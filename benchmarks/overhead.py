@@ -7,7 +7,9 @@ usage) runs in its own process; the router (``bandit-router serve``, SQLite in a
 directory) runs in another, with that upstream as its only model. ``wrk`` (Debian package ``wrk``)
 drives POST /v1/chat/completions at 1, 10 and 50 connections, against the upstream alone, a bare
 aiohttp pass-through (uvloop, no logic, no storage: the ceiling of the stack), and the router
-(``model: auto``: features, category inference, Thompson draw, decision logged to SQLite).
+(``model: auto``: features, category inference, Thompson draw, decision logged to SQLite), and the
+router answering from its response cache (the same request with ``temperature: 0``, so after the
+warm-up every request is a hit: decision, cache lookup, decision logged, no upstream call).
 Reported: p50 and p99 latency and requests/s of each, the median latency each adds, and the CPU time per
 request of the pass-through and the router (all threads, and the event loop's thread alone).
 Goals (issue 3): ≤ 0.5 ms added at 1 connection; ≥ 3,000 requests/s at 50 connections.
@@ -72,7 +74,7 @@ PASS_THROUGH = textwrap.dedent('''
 LUA = textwrap.dedent('''
     wrk.method = "POST"
     wrk.headers["Content-Type"] = "application/json"
-    wrk.body = '{"model": "MODEL", "messages": [{"role": "user", "content": "Write a Python function that adds."}]}'
+    wrk.body = '{"model": "MODEL", "messages": [{"role": "user", "content": "Write a Python function that adds"}]EXTRA}'
 ''')
 
 
@@ -89,12 +91,13 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
     return out
 
 
-def wrk(url: str, model: str, connections: int, seconds: float, tmp: Path, pid: int | None = None) -> dict[str, float]:
+def wrk(url: str, model: str, connections: int, seconds: float, tmp: Path, pid: int | None = None,
+        extra: str = "") -> dict[str, float]:
     """One wrk run; with ``pid``, also that process's CPU per request: all threads, and the main
-    thread (the event loop) alone."""
+    thread (the event loop) alone. ``extra``: more JSON fields for the body, e.g. ``, "temperature": 0``."""
     before = thread_cpu_s(pid) if pid else {}
     script = tmp / f"{model}.lua"
-    script.write_text(LUA.replace("MODEL", model))
+    script.write_text(LUA.replace("MODEL", model).replace("EXTRA", extra))
     out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s",
                           str(script), url + "/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
 
@@ -151,7 +154,10 @@ def main() -> int:
                     alone = wrk(f"http://127.0.0.1:{up_port}", "fast", c, args.seconds, tmp)
                     passed = wrk(f"http://127.0.0.1:{pt_port}", "fast", c, args.seconds, tmp, bare.pid)
                     routed = wrk(f"http://127.0.0.1:{router_port}", "auto", c, args.seconds, tmp, router.pid)
+                    hits = wrk(f"http://127.0.0.1:{router_port}", "auto", c, args.seconds, tmp, router.pid,
+                               extra=', "temperature": 0')
                     rows.append({"connections": c, "upstream": alone, "bare_pass_through": passed, "router": routed,
+                                 "router_cache_hit": hits,
                                  "added_p50_ms": routed["p50_ms"] - alone["p50_ms"],
                                  "bare_added_p50_ms": passed["p50_ms"] - alone["p50_ms"]})
             finally:
@@ -167,6 +173,12 @@ def main() -> int:
               f"{b['p50_ms']:6.3f} {b['p99_ms']:6.2f} {b['rps']:7.0f} +{r['bare_added_p50_ms']:.3f} | "
               f"{o['p50_ms']:6.3f} {o['p99_ms']:6.2f} {o['rps']:7.0f} +{r['added_p50_ms']:.3f}"
               + (f"  ({o['non_2xx']} non-2xx)" if o["non_2xx"] else ""))
+    print("bandit-router answering from its response cache (temperature 0; no upstream call):")
+    for r in rows:
+        h = r["router_cache_hit"]
+        print(f"{r['connections']:>5} | p50 {h['p50_ms']:6.3f} ms, p99 {h['p99_ms']:6.2f} ms, {h['rps']:7.0f} req/s, "
+              f"CPU {h['cpu_us_per_request']:4.0f} / {h['main_thread_cpu_us_per_request']:4.0f} µs per request"
+              + (f"  ({h['non_2xx']} non-2xx)" if h["non_2xx"] else ""))
     print("CPU per request, µs (all threads / the event loop's thread):")
     for r in rows:
         b, o = r["bare_pass_through"], r["router"]
