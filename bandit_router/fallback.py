@@ -54,8 +54,10 @@ class Attempt:
 class Tries:
     def __init__(self, decision: Decision, breakers: Breakers, settings: ReliabilityConfig, *,
                  switch: Callable[[Decision, int], None], on_model_failed: Callable[[Decision], None],
-                 rng: random.Random, fallback: bool = True) -> None:
+                 rng: random.Random, fallback: bool = True,
+                 on_latency: Callable[[Decision, float | None, float], None] | None = None) -> None:
         self.d = decision
+        self.on_latency = on_latency  # (decision, time to first chunk or None, total), after a success
         self.breakers = breakers
         self.settings = settings
         self.switch = switch
@@ -66,17 +68,27 @@ class Tries:
         self._retry = 0
         self._fallbacks_left = settings.fallbacks if fallback else 0
         self._t0 = 0.0
+        self._first: float | None = None
         self._open = False
 
     def begin(self) -> None:
         self.breakers.acquire(self.d.arm, time.time())
         self._t0 = time.monotonic()
+        self._first = None
         self._open = True
+
+    def first_chunk(self) -> None:
+        """A streamed answer's first chunk arrived (its time to first token)."""
+        if self._first is None:
+            self._first = time.monotonic() - self._t0
 
     def succeeded(self) -> None:
         if self._open:
-            self.breakers.success(self.d.arm, time.monotonic() - self._t0)
+            total = time.monotonic() - self._t0
+            self.breakers.success(self.d.arm, total)
             self._open = False
+            if self.on_latency is not None:
+                self.on_latency(self.d, self._first, total)
 
     def abandoned(self) -> None:
         """The call ended without a verdict on the model (cancelled, the client left)."""

@@ -18,6 +18,7 @@ import numpy as np
 from .categories import DEFAULT_CATEGORIES, CategoryClassifier
 from .costs import OutputTokens, Price, PriceTable
 from .features import DIM, Message, estimate_tokens, featurize
+from .latency import LatencyEstimates
 from .policy import NoEligibleModel, choose
 from .posterior import ArmPosteriors, Posterior
 
@@ -41,6 +42,8 @@ class ModelSpec:
     enabled: bool = True
     max_context_tokens: int | None = None  # a request needing more (prompt + max output) is not eligible
     max_output_tokens: int | None = None  # the service caps a request's max_tokens at this
+    ttft_s: float = 1.0  # typical time to first token, until answers are timed (the latency prior's median)
+    latency_s: float = 10.0  # typical time for a whole answer, likewise
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class BanditSettings:
     feature_precision: float = 10.0
     explore: float = 0.5
     seed: int = 0
+    latency_quantile: float = 0.9  # the latency estimate a deadline and the latency weight use (p90)
 
     def __post_init__(self) -> None:
         checks = {
@@ -65,6 +69,7 @@ class BanditSettings:
             "prior_strength": self.prior_strength > 0,
             "feature_precision": self.feature_precision > 0,
             "explore": self.explore >= 0,
+            "latency_quantile": 0.0 < self.latency_quantile < 1.0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -95,6 +100,11 @@ class Decision:
     draw_sd: np.ndarray | None = None  # per arm: posterior sd of θ·x (explore not applied)
     draw_z: np.ndarray | None = None  # per arm: the draw's standard normals, already times ``explore``
     explore: float = 1.0
+    # latency hints: the chosen model's expected latency (s), every model's, and whether a deadline
+    # held (None: no deadline asked; False: none was expected to meet it, so the fastest was chosen)
+    latency_s: float | None = None
+    latencies: np.ndarray | None = None
+    deadline_met: bool | None = None
 
     @property
     def score_mean(self) -> np.ndarray | None:
@@ -127,12 +137,13 @@ class TooManyCategories(ValueError):
 
 
 class _Category:
-    __slots__ = ("name", "arms", "out", "serves", "last_t", "penalty", "out_cost")
+    __slots__ = ("name", "arms", "out", "lat", "serves", "last_t", "penalty", "out_cost")
 
-    def __init__(self, name: str, dim: int) -> None:
+    def __init__(self, name: str, dim: int, latency: LatencyEstimates) -> None:
         self.name = name
         self.arms = ArmPosteriors(dim)
         self.out = OutputTokens()
+        self.lat = latency
         self.serves = np.zeros(0, dtype=bool)
         self.last_t: float | None = None  # time the category's sums were last decayed to
         self.penalty = np.zeros(0)  # 0 where a model may serve, -inf where disabled or not serving
@@ -215,6 +226,7 @@ class Router:
         a0[0] = strength
         cat.arms.add_arm(m0, a0)
         cat.out.add_model(spec.output_tokens)
+        cat.lat.add_model(spec.ttft_s, spec.latency_s)
         cat.serves = np.append(cat.serves, spec.categories is None or cat.name in spec.categories)
         self._refresh_costs(cat)
 
@@ -225,7 +237,8 @@ class Router:
                 raise TooManyCategories(
                     f"category: {name!r} is new and this router already keeps {len(self._cats)} categories, its "
                     f"limit (max_categories={self.max_categories}); use one of: {', '.join(sorted(self._cats))}")
-            cat = self._cats[name] = _Category(name, self.dim)
+            lat = LatencyEstimates(quantile=self.settings.latency_quantile, decay=self._event_decay)
+            cat = self._cats[name] = _Category(name, self.dim, lat)
             for spec in self.specs:
                 self._add_arm(cat, spec)
         return cat
@@ -265,7 +278,8 @@ class Router:
                cost_weight: float | None = None, exclude: Iterable[str] = (),
                max_cost_usd: float | None = None, max_output_tokens: int | None = None,
                event_id: str | None = None, timestamp: float | None = None, model: str | None = None,
-               allowed: np.ndarray | None = None) -> Decision:
+               allowed: np.ndarray | None = None, latency_weight: float | None = None,
+               max_latency_s: float | None = None, stream: bool = False) -> Decision:
         """Choose a model for a chat request (``category`` inferred when not given).
 
         ``model`` forces the choice (a pass-through request): only that model is eligible, whether
@@ -274,7 +288,7 @@ class Router:
 
         Not eligible: disabled models, ``exclude``, models whose context window is smaller than the
         prompt plus ``max_output_tokens``, and (when given) models whose expected cost exceeds
-        ``max_cost_usd``."""
+        ``max_cost_usd``. Latency: see :meth:`decide_features`."""
         x = featurize(messages)
         cat = category or self.infer_category(messages)
         tokens = estimate_tokens(messages)
@@ -296,7 +310,8 @@ class Router:
         try:
             return self.decide_features(x, cat, tokens, cost_weight=cost_weight, eligible=eligible,
                                         max_cost_usd=max_cost_usd, event_id=event_id, timestamp=timestamp,
-                                        forced=model is not None)
+                                        forced=model is not None, latency_weight=latency_weight,
+                                        max_latency_s=max_latency_s, stream=stream)
         except NoEligibleModel:
             if too_long is not self._fits_all and too_long.any():
                 short = ", ".join(m for m, t in zip(self.models, too_long, strict=True) if t)
@@ -310,10 +325,17 @@ class Router:
     def decide_features(self, x: np.ndarray, category: str, prompt_tokens: float, *,
                         cost_weight: float | None = None, eligible: np.ndarray | None = None,
                         max_cost_usd: float | None = None, event_id: str | None = None,
-                        timestamp: float | None = None, forced: bool = False) -> Decision:
+                        timestamp: float | None = None, forced: bool = False, latency_weight: float | None = None,
+                        max_latency_s: float | None = None, stream: bool = False) -> Decision:
         """The hot path: one Thompson draw per arm, minus the cost penalty, best eligible arm.
 
-        ``forced``: ``eligible`` alone decides (the category's serving and enablement are ignored)."""
+        ``forced``: ``eligible`` alone decides (the category's serving and enablement are ignored).
+
+        Latency (only when asked; otherwise no extra work): each model's expected latency is the
+        ``latency_quantile`` of its time to first token (``stream``) or of its whole answer. The score
+        loses ``latency_weight`` × that (quality points per second); with ``max_latency_s``, models
+        expected to take longer are not eligible, and when that leaves none, the fastest eligible model
+        is chosen and the decision says ``deadline_met=False``."""
         cat = self._cats.get(category) or self._category(category)
         if self._zi >= len(self._z):
             self._z = self._rng.standard_normal((1024, len(self.specs)))
@@ -331,9 +353,23 @@ class Router:
                 ok &= costs <= max_cost_usd
             penalty = np.where(ok, 0.0 if forced else penalty, -np.inf)
         w = self.settings.cost_weight if cost_weight is None else cost_weight
+        lat = met = None
+        if latency_weight or max_latency_s is not None:
+            lat = cat.lat.expected(stream)
+            if latency_weight:
+                q = q - latency_weight * lat
+            if max_latency_s is not None:
+                ok = np.isfinite(penalty)
+                fast = ok & (lat <= max_latency_s)
+                met = bool(fast.any())
+                if not met and ok.any():  # nobody meets the deadline: the fastest of those eligible
+                    fast = np.zeros(len(lat), dtype=bool)
+                    fast[int(np.where(ok, lat, np.inf).argmin())] = True
+                penalty = np.where(fast, penalty, -np.inf)
         k, scores = choose(q, costs, w, penalty)
         return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), float(costs[k]), w,
-                        scores, costs, event_id, timestamp, None, None, sd, z, self.settings.explore)
+                        scores, costs, event_id, timestamp, None, None, sd, z, self.settings.explore,
+                        None if lat is None else float(lat[k]), lat, met)
 
     # -- learning ----------------------------------------------------------------------------
     def _forget(self, cat: _Category, now: float | None, events: int = 1) -> None:
@@ -382,6 +418,15 @@ class Router:
         cat.out.observe(decision.arm, completion_tokens)
         cat.out_cost[decision.arm] = cat.out.mean[decision.arm] * self.prices.output_per_token[decision.arm]
 
+    def observe_latency(self, decision: Decision, ttft_s: float | None, total_s: float) -> None:
+        """Fold an answer's timing into its (category, model) latency estimates (``ttft_s``: None for
+        a call that was not streamed)."""
+        self._cats[decision.category].lat.observe(decision.arm, ttft_s, total_s)
+
+    def latency(self, category: str) -> np.ndarray:
+        """(2, models): the latency quantile of time to first token and of the whole answer, seconds."""
+        return self._category(category).lat.quantiles()
+
     def forget(self, now: float) -> None:
         """Time-based forgetting of every category up to ``now`` (run on a schedule by the service)."""
         if self.settings.half_life_seconds is None:
@@ -420,6 +465,11 @@ class Router:
     def state_keys(self, category: str, model: str | None = None) -> str:
         return f"category:{category}" if model is None else f"arm:{category}:{model}"
 
+    def latency_states(self) -> dict[str, bytes]:
+        """Every (category, model) latency estimate, under ``latency:{category}:{model}`` keys."""
+        return {f"latency:{name}:{m}": cat.lat.export_model(k).tobytes()
+                for name, cat in self._cats.items() for k, m in enumerate(self.models)}
+
     def export_state(self, category: str, model: str | None = None) -> bytes:
         """The exact learning state of a category (its forgetting clock) or of one (category, model)
         arm (its sums, prior, change detector and output-length estimate), as bytes."""
@@ -445,6 +495,10 @@ class Router:
                 if len(v) > 3 and not math.isnan(v[3]):  # the forgetting clock (absent in older states)
                     cat.last_t = float(v[3])
                 touched.add(rest)
+            elif kind == "latency":
+                category, _, model = rest.partition(":")
+                if model in self.index:
+                    self._category(category).lat.import_model(self.index[model], v)
             elif kind == "arm":
                 category, _, model = rest.partition(":")
                 if model not in self.index:
@@ -463,7 +517,7 @@ class Router:
     def dirty_states(self, decision: Decision | None = None) -> dict[str, bytes]:
         """What to persist after learning ``decision``: its arm and its category, or every arm of the
         category when the category's stored sums were all rewritten (a rare renormalisation)."""
-        out: dict[str, bytes] = {}
+        out: dict[str, bytes] = {} if decision is not None else self.latency_states()
         cats = [decision.category] if decision is not None else list(self._cats)
         for name in cats:
             cat = self._cats[name]
@@ -485,6 +539,7 @@ class Router:
         out: dict[str, dict[str, dict[str, float | int | bool]]] = {}
         for name, cat in self._cats.items():
             rows = {}
+            lat = cat.lat.quantiles()
             for k, spec in enumerate(self.specs):
                 post = cat.arms.get(k)
                 mean, sd = cat.arms.mean_quality(k)
@@ -498,6 +553,9 @@ class Router:
                     "output_tokens": float(cat.out.mean[k]),
                     "enabled": bool(self.enabled[k]),
                     "serves": bool(cat.serves[k]),
+                    "ttft_s": float(lat[0, k]),  # the latency_quantile (p90) of time to first token
+                    "latency_s": float(lat[1, k]),  # ... and of the whole answer
+                    "latency_observations": int(cat.lat.n[1, k]),
                 }
             out[name] = rows
         return out

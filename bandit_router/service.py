@@ -9,14 +9,12 @@ feedback → feedback.parse_feedback → combine per source → Router.learn →
 from __future__ import annotations
 
 import base64
-import contextlib
-import copy
 import logging
 import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +25,13 @@ from feedback import FeedbackSignal, combine
 from feedback.graders import LLMJudgeGrader
 
 from .cache import CacheEntry, ResponseCache, cache_key, cacheable
+from .calls import Calling
 from .config import RouterConfig
-from .fallback import Attempt, Tries
 from .features import Message
 from .grading import Grading
 from .locality import LocalityPolicy, SensitiveDataDetector
 from .policy import NoEligibleModel
-from .providers.base import Completion, Provider, StreamResult, UpstreamError, Usage
+from .providers.base import Provider
 from .reliability import Breakers
 from .router import Decision, Router
 from .storage.base import CacheRow, DecisionRow, FeedbackRow, StateRow, Store, StoreOverloaded
@@ -78,7 +76,10 @@ class Hints:
     max_output_tokens: int | None = None  # what the request asks for (max_tokens), for context fit
     reference: dict[str, Any] | None = None  # what graders compare the answer with (not stored)
     locality: str | None = None  # only models with this locality tag may see the request
-    tenant: str = "default"  # the client's tenant: the cache is scoped by it
+    tenant: str = "default"  # the client's tenant: the cache is scoped, and a budget kept, by it
+    latency_weight: float | None = None  # quality points per second of expected latency
+    max_latency_s: float | None = None  # models expected to take longer are not eligible
+    stream: bool = False  # the latency that counts is the time to first token, not the whole answer
 
 
 @dataclass(slots=True)
@@ -92,7 +93,7 @@ class _Tracked:
     locality: str | None = None  # the request was restricted to models with this tag
 
 
-class Service:
+class Service(Calling):
     def __init__(self, config: RouterConfig, router: Router, store: Store, providers: dict[str, Provider], *,
                  cache_size: int = 10_000) -> None:
         self.config = config
@@ -125,30 +126,28 @@ class Service:
         now = time.time()
         event_id = self._event_id(now)
         local = None if hints.locality is None else self.locality.mask(self.router.models, hints.locality)
+        ask: dict[str, Any] = {"category": hints.category, "cost_weight": self._cost_weight(hints, now),
+                               "max_output_tokens": hints.max_output_tokens, "event_id": event_id, "timestamp": now,
+                               "latency_weight": hints.latency_weight, "max_latency_s": hints.max_latency_s,
+                               "stream": hints.stream}
         if model is None:
             closed = None if self.breakers.all_closed else self.breakers.allowed(now)
             allowed = local if closed is None else closed if local is None else closed & local
             try:
-                d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
-                                       max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
-                                       event_id=event_id, timestamp=now, allowed=allowed)
+                d = self.router.decide(messages, max_cost_usd=hints.max_cost_usd, allowed=allowed, **ask)
             except NoEligibleModel as e:
                 if closed is None:
                     raise self.locality.unavailable(hints.locality, e) if local is not None else e from None
                 # every eligible model's breaker is open: fail open, to the best of them, rather than refuse
                 try:
-                    d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
-                                           max_cost_usd=hints.max_cost_usd, max_output_tokens=hints.max_output_tokens,
-                                           event_id=event_id, timestamp=now, allowed=local)
+                    d = self.router.decide(messages, max_cost_usd=hints.max_cost_usd, allowed=local, **ask)
                 except NoEligibleModel as e2:
                     raise self.locality.unavailable(hints.locality, e2) if local is not None else e2 from None
             learn = True
         else:
             if hints.locality is not None:
                 self.locality.allows(model, hints.locality)
-            d = self.router.decide(messages, category=hints.category, cost_weight=hints.cost_weight,
-                                   model=model, max_output_tokens=hints.max_output_tokens,
-                                   event_id=event_id, timestamp=now)
+            d = self.router.decide(messages, model=model, **ask)
             learn = False
         t = _Tracked(d, learn, signals={}, created=now, recorded=record, tenant=hints.tenant,
                      locality=hints.locality)
@@ -195,6 +194,10 @@ class Service:
         self._tracked[event_id] = t
         if len(self._tracked) > self.cache_size:
             self._tracked.popitem(last=False)
+
+    def _cost_weight(self, hints: Hints, now: float) -> float | None:
+        """The request's cost weight (its own, else the configured one)."""
+        return hints.cost_weight
 
     # -- locality ----------------------------------------------------------------------------
     def restrict(self, messages: Sequence[Message], hints: Hints) -> list[str]:
@@ -258,156 +261,6 @@ class Service:
             rows.append({"model": m, "expected_cost_usd": float(d.costs[k]),
                          "score": score if np.isfinite(score) else None, "eligible": bool(np.isfinite(score))})
         return rows
-
-    # -- completing --------------------------------------------------------------------------
-    def account(self, d: Decision, usage: Usage, status: str = "completed") -> float:
-        price = self.router.prices[d.model]
-        cost = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        if usage.completion_tokens:
-            self.router.observe_output(d, usage.completion_tokens)
-        self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
-        if self.metrics is not None:
-            self.metrics.cost(d, cost)
-        return cost
-
-    def _cap_output(self, d: Decision, body: dict[str, Any]) -> dict[str, Any]:
-        """Cap the request's output tokens at the chosen model's configured limit."""
-        limit = self.router.specs[d.arm].max_output_tokens
-        if limit is None:
-            return body
-        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        asked = body.get(key)
-        return {**body, key: limit if not isinstance(asked, int) else min(asked, limit)}
-
-    async def judge_complete(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, float]:
-        """A call for an LLM judge: through the configured upstream, not routed, not logged as a decision."""
-        if model not in self.providers:
-            raise KeyError(f"judge model {model!r} is not configured")
-        done = await self.providers[model].complete({"model": model, "messages": messages, "max_tokens": 200,
-                                                     "temperature": 0})
-        u = done.usage
-        text = ((done.body.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-        return text, self.router.prices[model].cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
-
-    def grade_later(self, d: Decision, messages: Sequence[Message], answer: str | None,
-                    reference: dict[str, Any] | None) -> None:
-        """Run the category's graders in the background; their results arrive as feedback."""
-        if answer is not None and d.event_id:
-            t = self._entry(d.event_id)
-            self.grading.schedule(d.event_id, d.category, d.model, messages, answer, reference, self.feedback,
-                                  keep=self._judge_allowed(t.locality if t is not None else None))
-
-    def _tries(self, d: Decision, fallback: bool) -> Tries:
-        return Tries(d, self.breakers, self.config.reliability, switch=self._switch,
-                     on_model_failed=self._model_failed, rng=self._rng, fallback=fallback)
-
-    def _switch(self, d: Decision, k: int) -> None:
-        """Fall back: the decision (and so its row and its feedback) now names model ``k``."""
-        d.model, d.arm, d.expected_cost = self.router.models[k], k, float(d.costs[k])
-
-    def _model_failed(self, d: Decision) -> None:
-        """A model failed a request that falls back: learned as ``failure_quality`` if configured."""
-        q = self.config.reliability.failure_quality
-        t = self._entry(d.event_id)
-        if q is None or t is None or not t.learn:
-            return
-        failed = copy.copy(d)
-        failed.event_id, failed.quality, failed.stamp = None, None, None  # its own observation
-        self.router.learn(failed, q)
-        try:
-            self.store.save_state([StateRow(k, v, time.time()) for k, v in self.router.dirty_states(failed).items()])
-        except StoreOverloaded:
-            log.warning("storage queue full: state after a failure of %s not saved (the next checkpoint will)",
-                        failed.model)
-
-    async def complete(self, d: Decision, body: dict[str, Any], reference: dict[str, Any] | None = None, *,
-                       failed: list[Attempt] | None = None) -> tuple[Completion, float]:
-        """Call the chosen model, retrying and falling back as configured; ``d`` is switched to the
-        model that answered, and ``failed`` (when given) receives the failed attempts."""
-        tries = self._tries(d, fallback=self._learns(d))
-        if failed is not None:
-            tries.attempts = failed
-        while True:
-            capped = self._cap_output(d, body)
-            tries.begin()
-            try:
-                done = await self.providers[d.model].complete(capped)
-            except UpstreamError as e:
-                if await tries.failed(e):
-                    continue
-                self._finish(d, status="failed")
-                raise
-            except BaseException:
-                tries.abandoned()
-                self._finish(d, status="failed")
-                raise
-            tries.succeeded()
-            break
-        cost = self.account(d, done.usage)
-        choices = done.body.get("choices") or [{}]
-        self.grade_later(d, capped["messages"], (choices[0].get("message") or {}).get("content"), reference)
-        return done, cost
-
-    def _learns(self, d: Decision) -> bool:
-        """Only routed requests fall back: a pass-through asked for one model."""
-        t = self._entry(d.event_id)
-        return t is not None and t.learn
-
-    async def stream(self, d: Decision, body: dict[str, Any], reference: dict[str, Any] | None = None, *,
-                     failed: list[Attempt] | None = None) -> AsyncIterator[bytes]:
-        """SSE lines for a streamed completion; usage and cost are recorded when the stream ends.
-
-        Retries and fallbacks happen only before the first chunk is yielded; after it, an upstream
-        failure is raised to the caller, who ends the client's stream with an error event."""
-        tries = self._tries(d, fallback=self._learns(d))
-        if failed is not None:
-            tries.attempts = failed
-        text: list[str] = []
-        started = False  # something reached the client: too late to fall back
-        result = StreamResult()
-        capped = body
-        try:
-            while True:
-                result = StreamResult()
-                capped = self._cap_output(d, body)
-                held: list[bytes] = []  # chunks of one upstream read, sent to the client in one write
-                text.clear()
-                tries.begin()
-                try:
-                    async with contextlib.aclosing(self.providers[d.model].stream(capped, result)) as chunks:
-                        async for chunk in chunks:
-                            for choice in chunk.get("choices") or ():
-                                piece = (choice.get("delta") or {}).get("content")
-                                if piece:
-                                    text.append(piece)
-                            held.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                            if not result.more:
-                                started = True
-                                yield b"".join(held)
-                                held.clear()
-                except UpstreamError as e:
-                    if not started and await tries.failed(e):
-                        continue
-                    if started:
-                        tries.failed_late(e)  # counted against the model; too late to fall back
-                        if held:
-                            yield b"".join(held)
-                    raise
-                except BaseException:
-                    tries.abandoned()
-                    raise
-                if held:
-                    started = True
-                    yield b"".join(held)
-                tries.succeeded()
-                break
-        finally:
-            if result.finished:
-                self.account(d, result.usage)
-                self.grade_later(d, capped["messages"], "".join(text), reference)
-            else:
-                self._finish(d, status="failed")
-        yield b"data: [DONE]\n\n"
 
     # -- feedback ----------------------------------------------------------------------------
     async def _lookup(self, event_id: str) -> _Tracked:

@@ -36,6 +36,8 @@ class RouterHints(BaseModel):
     max_cost_usd: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     reference: dict[str, Any] | None = None  # for automated graders: e.g. {"answer": "B"} or {"tests": [...]}
     locality: str | None = Field(None, pattern=LOCALITY_PATTERN)  # e.g. "local": only models tagged so
+    latency_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)  # quality points per second
+    max_latency_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # a deadline
 
 
 class ChatMessage(BaseModel):
@@ -58,6 +60,9 @@ class RouteRequest(BaseModel):
     category: str | None = Field(None, pattern=CATEGORY_PATTERN)
     cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     locality: str | None = Field(None, pattern=LOCALITY_PATTERN)
+    latency_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    max_latency_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    stream: bool = False  # the caller will stream: time to first token is the latency that counts
 
 
 CACHE_BYPASS = ("bypass", "no-cache", "refresh")  # X-Router-Cache values that skip the lookup
@@ -89,7 +94,9 @@ def _header_hints(request: web.Request, body_hints: RouterHints | None, body: di
     asked = body.get("max_completion_tokens", body.get("max_tokens"))
     h = Hints(category=b.category, cost_weight=b.cost_weight, max_cost_usd=b.max_cost_usd,
               max_output_tokens=asked if isinstance(asked, int) else None, reference=b.reference,
-              locality=b.locality, tenant=tenant_of(request))
+              locality=b.locality, tenant=tenant_of(request), latency_weight=b.latency_weight,
+              max_latency_s=None if b.max_latency_ms is None else b.max_latency_ms / 1000.0,
+              stream=body.get("stream") is True)
     loc = request.headers.get("X-Router-Locality")
     if loc is not None:
         RouterHints(locality=loc)  # validates
@@ -104,6 +111,12 @@ def _header_hints(request: web.Request, body_hints: RouterHints | None, body: di
     mc = _number_header(request, "X-Router-Max-Cost-Usd", positive=True)
     if mc is not None:
         h.max_cost_usd = mc
+    lw = _number_header(request, "X-Router-Latency-Weight")
+    if lw is not None:
+        h.latency_weight = lw
+    ml = _number_header(request, "X-Router-Max-Latency-Ms", positive=True)
+    if ml is not None:
+        h.max_latency_s = ml / 1000.0
     return h
 
 
@@ -115,6 +128,8 @@ def _headers(d: Decision, failed: list[Attempt] | None = None, hints: Hints | No
     out = {"X-Router-Event-Id": d.event_id or "", "X-Router-Model": d.model, "X-Router-Category": d.category}
     if hints is not None and hints.locality is not None:
         out["X-Router-Locality"] = hints.locality
+    if d.deadline_met is not None:  # a deadline was asked: did any eligible model meet it?
+        out["X-Router-Deadline"] = "met" if d.deadline_met else "missed"
     if _fell_back(d, failed):  # the models that failed this request before d.model answered, in order
         out["X-Router-Fallback"] = ",".join(dict.fromkeys(a.model for a in failed if a.model != d.model))
     return out
@@ -185,7 +200,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         out["router"]["cache"] = headers["X-Router-Cache"] = cache
     if hints.locality is not None:
         out["router"]["locality"] = {"required": hints.locality, "detected": detected}
+    if (lat := _latency(d, hints)) is not None:
+        out["router"]["latency"] = lat
     return web.Response(body=orjson.dumps(out), content_type="application/json", headers=headers)
+
+
+def _latency(d: Decision, hints: Hints) -> dict[str, Any] | None:
+    """What the latency hints did: the chosen model's expected latency and whether the deadline held
+    (``deadline_met`` false: no eligible model was expected to meet it, so the fastest was used)."""
+    if hints.latency_weight is None and hints.max_latency_s is None:
+        return None
+    out: dict[str, Any] = {"expected_ms": None if d.latency_s is None else round(d.latency_s * 1000, 1),
+                           "metric": "ttft" if hints.stream else "total"}
+    if hints.max_latency_s is not None:
+        out["max_latency_ms"] = hints.max_latency_s * 1000
+        out["deadline_met"] = d.deadline_met
+    return out
 
 
 def _fallback(failed: list[Attempt]) -> dict[str, Any]:
@@ -255,7 +285,8 @@ async def route(request: web.Request) -> web.Response:
         return validation_error(e)
     messages = _messages(req.messages)
     hints = Hints(category=req.category, cost_weight=req.cost_weight, locality=req.locality,
-                  tenant=tenant_of(request))
+                  tenant=tenant_of(request), latency_weight=req.latency_weight,
+                  max_latency_s=None if req.max_latency_ms is None else req.max_latency_ms / 1000.0, stream=req.stream)
     service.restrict(messages, hints)
     try:
         d = service.decide(messages, hints)
@@ -271,6 +302,8 @@ async def route(request: web.Request) -> web.Response:
            "expected_cost_usd": d.expected_cost, "candidates": service.candidates(d)}
     if hints.locality is not None:
         out["locality"] = hints.locality
+    if (lat := _latency(d, hints)) is not None:
+        out["latency"] = lat
     return web.Response(body=orjson.dumps(out), content_type="application/json", headers=_headers(d, None, hints))
 
 

@@ -1,0 +1,205 @@
+"""Calling the chosen model: retries, fallbacks and circuit breakers, streaming, cost accounting,
+and handing the answer to the graders. A part of :class:`~bandit_router.service.Service` (a mixin
+over the service's state), kept apart because it is the one part that talks to upstreams.
+
+decision → provider (retry / fall back per ``fallback.Tries``) → usage × price → decision row →
+graders in the background
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .fallback import Attempt, Tries
+from .features import Message
+from .providers.base import Completion, Provider, StreamResult, UpstreamError, Usage
+from .router import Decision
+from .storage.base import StateRow, StoreOverloaded
+
+if TYPE_CHECKING:
+    from .config import RouterConfig
+    from .grading import Grading
+    from .reliability import Breakers
+    from .router import Router
+    from .storage.base import Store
+
+log = logging.getLogger("bandit_router")
+
+
+class Calling:
+    """Upstream calls of the service (see the module docstring)."""
+
+    config: RouterConfig
+    router: Router
+    store: Store
+    providers: dict[str, Provider]
+    breakers: Breakers
+    grading: Grading
+    metrics: Any
+    _rng: random.Random
+
+    # defined by the service: write a decision's row with its outcome; a decision it still holds;
+    # which graders may see a request of this locality
+    _finish: Callable[..., None]
+    _entry: Callable[[str | None], Any]
+    _judge_allowed: Callable[[str | None], Any]
+
+    # -- completing --------------------------------------------------------------------------
+    def account(self, d: Decision, usage: Usage, status: str = "completed") -> float:
+        price = self.router.prices[d.model]
+        cost = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        if usage.completion_tokens:
+            self.router.observe_output(d, usage.completion_tokens)
+        self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
+        if self.metrics is not None:
+            self.metrics.cost(d, cost)
+        return cost
+
+    def _cap_output(self, d: Decision, body: dict[str, Any]) -> dict[str, Any]:
+        """Cap the request's output tokens at the chosen model's configured limit."""
+        limit = self.router.specs[d.arm].max_output_tokens
+        if limit is None:
+            return body
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        asked = body.get(key)
+        return {**body, key: limit if not isinstance(asked, int) else min(asked, limit)}
+
+    async def judge_complete(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, float]:
+        """A call for an LLM judge: through the configured upstream, not routed, not logged as a decision."""
+        if model not in self.providers:
+            raise KeyError(f"judge model {model!r} is not configured")
+        done = await self.providers[model].complete({"model": model, "messages": messages, "max_tokens": 200,
+                                                     "temperature": 0})
+        u = done.usage
+        text = ((done.body.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
+        return text, self.router.prices[model].cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+
+    def grade_later(self, d: Decision, messages: Sequence[Message], answer: str | None,
+                    reference: dict[str, Any] | None) -> None:
+        """Run the category's graders in the background; their results arrive as feedback."""
+        if answer is not None and d.event_id:
+            t = self._entry(d.event_id)
+            self.grading.schedule(d.event_id, d.category, d.model, messages, answer, reference, self.feedback,
+                                  keep=self._judge_allowed(t.locality if t is not None else None))
+
+    def _tries(self, d: Decision, fallback: bool) -> Tries:
+        return Tries(d, self.breakers, self.config.reliability, switch=self._switch,
+                     on_model_failed=self._model_failed, rng=self._rng, fallback=fallback,
+                     on_latency=self.router.observe_latency)
+
+    def _switch(self, d: Decision, k: int) -> None:
+        """Fall back: the decision (and so its row and its feedback) now names model ``k``."""
+        d.model, d.arm, d.expected_cost = self.router.models[k], k, float(d.costs[k])
+
+    def _model_failed(self, d: Decision) -> None:
+        """A model failed a request that falls back: learned as ``failure_quality`` if configured."""
+        q = self.config.reliability.failure_quality
+        t = self._entry(d.event_id)
+        if q is None or t is None or not t.learn:
+            return
+        failed = copy.copy(d)
+        failed.event_id, failed.quality, failed.stamp = None, None, None  # its own observation
+        self.router.learn(failed, q)
+        try:
+            self.store.save_state([StateRow(k, v, time.time()) for k, v in self.router.dirty_states(failed).items()])
+        except StoreOverloaded:
+            log.warning("storage queue full: state after a failure of %s not saved (the next checkpoint will)",
+                        failed.model)
+
+    async def complete(self, d: Decision, body: dict[str, Any], reference: dict[str, Any] | None = None, *,
+                       failed: list[Attempt] | None = None) -> tuple[Completion, float]:
+        """Call the chosen model, retrying and falling back as configured; ``d`` is switched to the
+        model that answered, and ``failed`` (when given) receives the failed attempts."""
+        tries = self._tries(d, fallback=self._learns(d))
+        if failed is not None:
+            tries.attempts = failed
+        while True:
+            capped = self._cap_output(d, body)
+            tries.begin()
+            try:
+                done = await self.providers[d.model].complete(capped)
+            except UpstreamError as e:
+                if await tries.failed(e):
+                    continue
+                self._finish(d, status="failed")
+                raise
+            except BaseException:
+                tries.abandoned()
+                self._finish(d, status="failed")
+                raise
+            tries.succeeded()
+            break
+        cost = self.account(d, done.usage)
+        choices = done.body.get("choices") or [{}]
+        self.grade_later(d, capped["messages"], (choices[0].get("message") or {}).get("content"), reference)
+        return done, cost
+
+    def _learns(self, d: Decision) -> bool:
+        """Only routed requests fall back: a pass-through asked for one model."""
+        t = self._entry(d.event_id)
+        return t is not None and t.learn
+
+    async def stream(self, d: Decision, body: dict[str, Any], reference: dict[str, Any] | None = None, *,
+                     failed: list[Attempt] | None = None) -> AsyncIterator[bytes]:
+        """SSE lines for a streamed completion; usage and cost are recorded when the stream ends.
+
+        Retries and fallbacks happen only before the first chunk is yielded; after it, an upstream
+        failure is raised to the caller, who ends the client's stream with an error event."""
+        tries = self._tries(d, fallback=self._learns(d))
+        if failed is not None:
+            tries.attempts = failed
+        text: list[str] = []
+        started = False  # something reached the client: too late to fall back
+        result = StreamResult()
+        capped = body
+        try:
+            while True:
+                result = StreamResult()
+                capped = self._cap_output(d, body)
+                held: list[bytes] = []  # chunks of one upstream read, sent to the client in one write
+                text.clear()
+                tries.begin()
+                try:
+                    async with contextlib.aclosing(self.providers[d.model].stream(capped, result)) as chunks:
+                        async for chunk in chunks:
+                            tries.first_chunk()
+                            for choice in chunk.get("choices") or ():
+                                piece = (choice.get("delta") or {}).get("content")
+                                if piece:
+                                    text.append(piece)
+                            held.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                            if not result.more:
+                                started = True
+                                yield b"".join(held)
+                                held.clear()
+                except UpstreamError as e:
+                    if not started and await tries.failed(e):
+                        continue
+                    if started:
+                        tries.failed_late(e)  # counted against the model; too late to fall back
+                        if held:
+                            yield b"".join(held)
+                    raise
+                except BaseException:
+                    tries.abandoned()
+                    raise
+                if held:
+                    started = True
+                    yield b"".join(held)
+                tries.succeeded()
+                break
+        finally:
+            if result.finished:
+                self.account(d, result.usage)
+                self.grade_later(d, capped["messages"], "".join(text), reference)
+            else:
+                self._finish(d, status="failed")
+        yield b"data: [DONE]\n\n"

@@ -1,0 +1,127 @@
+"""Latency estimates: per (category, model), a robust quantile (p90 by default) of the time to first
+token and of the total latency, with forgetting. Pure: numpy arrays in, arrays out, no I/O.
+
+Each model keeps, per metric, a histogram of weights over log-spaced buckets from 1 ms to 10 min
+(80 buckets, each about 18% wide). An observation adds weight 1 to its bucket after the whole
+category's weights are multiplied by the forgetting factor ``decay`` (the same per-event half-life
+as the quality posteriors: ``bandit.half_life_events``), so recent answers count more and a model
+that slows down is followed. A quantile is read off the cumulative weights, interpolated in log
+space within its bucket: exact up to the bucket width, and robust (one 60 s outlier moves a p90 by
+at most one observation's weight, not by its size).
+
+Before any answer is seen, each model has ``prior_weight`` pseudo-observations spread log-normally
+(sd ``prior_sigma`` in log space) around its configured typical value, so the prior p90 is
+typical × exp(1.28 × prior_sigma) and a few real observations overwhelm it.
+
+Histograms add up: two processes' weights for the same model can be summed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["BUCKETS", "LatencyEstimates", "bucket_of", "quantile"]
+
+LO_S, HI_S = 1e-3, 600.0
+BUCKETS = 80
+_LOG_LO = math.log(LO_S)
+_STEP = (math.log(HI_S) - _LOG_LO) / BUCKETS
+_CENTERS = _LOG_LO + (np.arange(BUCKETS) + 0.5) * _STEP  # log-seconds
+TTFT, TOTAL = 0, 1
+
+
+def bucket_of(seconds: float) -> int:
+    """The bucket of a latency (clipped to the range)."""
+    if not seconds > LO_S:
+        return 0
+    return min(int((math.log(seconds) - _LOG_LO) / _STEP), BUCKETS - 1)
+
+
+def quantile(weights: np.ndarray, q: float) -> np.ndarray:
+    """Per row of ``weights`` (shape (..., BUCKETS)): the ``q`` quantile in seconds, interpolated in
+    log space within its bucket (NaN for a row with no weight)."""
+    cum = np.cumsum(weights, axis=-1)
+    total = cum[..., -1]
+    target = q * total
+    idx = np.minimum((cum < target[..., None]).sum(axis=-1), BUCKETS - 1)
+    before = np.where(idx > 0, np.take_along_axis(cum, np.maximum(idx - 1, 0)[..., None], -1)[..., 0], 0.0)
+    inside = np.take_along_axis(weights, idx[..., None], -1)[..., 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.clip(np.where(inside > 0, (target - before) / inside, 0.5), 0.0, 1.0)
+    out = np.exp(_LOG_LO + (idx + frac) * _STEP)
+    return np.where(total > 0, out, np.nan)
+
+
+def _prior_row(typical_s: float, sigma: float, weight: float) -> np.ndarray:
+    """``weight`` pseudo-observations, log-normal around ``typical_s`` (its median)."""
+    if not typical_s > 0 or not math.isfinite(typical_s):
+        raise ValueError(f"latency prior: typical latency {typical_s!r} must be a finite number > 0 (seconds)")
+    z = (_CENTERS - math.log(typical_s)) / sigma
+    w = np.exp(-0.5 * z * z)
+    return weight * w / w.sum()
+
+
+class LatencyEstimates:
+    """The latency histograms of one category: ``h`` has shape (2, models, BUCKETS), metric first
+    (``TTFT``, ``TOTAL``)."""
+
+    def __init__(self, *, quantile: float = 0.9, decay: float = 1.0, prior_weight: float = 2.0,
+                 prior_sigma: float = 0.5) -> None:
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"latency quantile: {quantile!r} must be in (0, 1)")
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"latency decay: {decay!r} must be in (0, 1]")
+        self.q = quantile
+        self.decay = decay
+        self.prior_weight = prior_weight
+        self.prior_sigma = prior_sigma
+        self.h = np.zeros((2, 0, BUCKETS))
+        self.n = np.zeros((2, 0))  # observations per metric and model (undecayed count)
+        self._cache: np.ndarray | None = None  # (2, models) quantiles, until the next observation
+
+    def add_model(self, ttft_s: float, total_s: float) -> None:
+        rows = np.stack([_prior_row(ttft_s, self.prior_sigma, self.prior_weight),
+                         _prior_row(total_s, self.prior_sigma, self.prior_weight)])
+        self.h = np.concatenate([self.h, rows[:, None, :]], axis=1)
+        self.n = np.concatenate([self.n, np.zeros((2, 1))], axis=1)
+        self._cache = None
+
+    def observe(self, k: int, ttft_s: float | None, total_s: float) -> None:
+        """One answer of model ``k``: its total latency and, for a streamed one, its time to first
+        token. Forgets first (every model of the category, as quality does), then adds."""
+        for v in (ttft_s, total_s):
+            if v is not None and (not math.isfinite(v) or v < 0):
+                raise ValueError(f"latency: {v!r} must be a finite number >= 0 (seconds)")
+        if self.decay < 1.0:
+            self.h *= self.decay
+        self.h[TOTAL, k, bucket_of(total_s)] += 1.0
+        self.n[TOTAL, k] += 1
+        if ttft_s is not None:
+            self.h[TTFT, k, bucket_of(ttft_s)] += 1.0
+            self.n[TTFT, k] += 1
+        self._cache = None
+
+    def quantiles(self) -> np.ndarray:
+        """(2, models): the configured quantile of time to first token and of total latency."""
+        if self._cache is None:
+            self._cache = quantile(self.h, self.q)
+        return self._cache
+
+    def expected(self, stream: bool) -> np.ndarray:
+        """Per model, the latency that matters to a request: time to first token when it streams,
+        else the whole answer."""
+        return self.quantiles()[TTFT if stream else TOTAL]
+
+    # -- state ---------------------------------------------------------------------------------
+    def export_model(self, k: int) -> np.ndarray:
+        return np.concatenate([self.n[:, k], self.h[TTFT, k], self.h[TOTAL, k]])
+
+    def import_model(self, k: int, v: np.ndarray) -> None:
+        if len(v) != 2 + 2 * BUCKETS:
+            raise ValueError(f"latency state: expected {2 + 2 * BUCKETS} numbers, got {len(v)}")
+        self.n[:, k] = v[:2]
+        self.h[TTFT, k] = v[2:2 + BUCKETS]
+        self.h[TOTAL, k] = v[2 + BUCKETS:]
+        self._cache = None
