@@ -98,6 +98,8 @@ class Calling:
     def _switch(self, d: Decision, k: int) -> None:
         """Fall back: the decision (and so its row and its feedback) now names model ``k``."""
         d.model, d.arm, d.expected_cost = self.router.models[k], k, float(d.costs[k])
+        if d.latencies is not None:
+            d.latency_s = float(d.latencies[k])
 
     def _model_failed(self, d: Decision) -> None:
         """A model failed a request that falls back: learned as ``failure_quality`` if configured."""

@@ -52,6 +52,8 @@ class ModelConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0.0, description="total time for one upstream call")
     connect_timeout_s: float = Field(10.0, gt=0.0)
     first_byte_timeout_s: float = Field(60.0, gt=0.0, description="until the upstream's response headers")
+    ttft_s: float = Field(1.0, gt=0.0, description="typical time to first token (s), until answers are timed")
+    latency_s: float = Field(10.0, gt=0.0, description="typical time for a whole answer (s), until answers are timed")
     locality: str | None = Field(None, pattern=LOCALITY_PATTERN,
                                  description="where the model runs: 'local' (on your hardware) or a region; "
                                              "requests restricted to a locality reach only models with this tag")
@@ -76,6 +78,8 @@ class ModelConfig(_Strict):
             enabled=self.enabled,
             max_context_tokens=self.max_context_tokens,
             max_output_tokens=self.max_output_tokens,
+            ttft_s=self.ttft_s,
+            latency_s=self.latency_s,
         )
 
 
@@ -88,11 +92,13 @@ class BanditConfig(_Strict):
     feature_precision: float = Field(10.0, gt=0.0)
     explore: float = Field(0.5, ge=0.0)
     seed: int | None = None
+    latency_quantile: float = Field(0.9, gt=0.0, lt=1.0, description="the latency estimate deadlines use (p90)")
 
     def settings(self) -> BanditSettings:
         seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little")
         return BanditSettings(self.cost_weight, self.half_life_events, self.half_life_seconds,
-                              self.prior_quality, self.prior_strength, self.feature_precision, self.explore, seed)
+                              self.prior_quality, self.prior_strength, self.feature_precision, self.explore, seed,
+                              self.latency_quantile)
 
 
 class CategoriesConfig(_Strict):

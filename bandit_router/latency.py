@@ -67,7 +67,7 @@ class LatencyEstimates:
     """The latency histograms of one category: ``h`` has shape (2, models, BUCKETS), metric first
     (``TTFT``, ``TOTAL``)."""
 
-    def __init__(self, *, quantile: float = 0.9, decay: float = 1.0, prior_weight: float = 2.0,
+    def __init__(self, *, quantile: float = 0.9, decay: float = 1.0, prior_weight: float = 1.0,
                  prior_sigma: float = 0.5) -> None:
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"latency quantile: {quantile!r} must be in (0, 1)")

@@ -258,8 +258,11 @@ class Service(Calling):
         rows = []
         for k, m in enumerate(self.router.models):
             score = float(d.scores[k]) if len(d.scores) else float("nan")
-            rows.append({"model": m, "expected_cost_usd": float(d.costs[k]),
-                         "score": score if np.isfinite(score) else None, "eligible": bool(np.isfinite(score))})
+            row = {"model": m, "expected_cost_usd": float(d.costs[k]),
+                   "score": score if np.isfinite(score) else None, "eligible": bool(np.isfinite(score))}
+            if d.latencies is not None:
+                row["expected_latency_ms"] = round(float(d.latencies[k]) * 1000, 1)
+            rows.append(row)
         return rows
 
     # -- feedback ----------------------------------------------------------------------------

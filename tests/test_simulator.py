@@ -334,6 +334,7 @@ async def test_prompt_cache_reports_cached_tokens(sdk: openai.AsyncOpenAI) -> No
 async def test_latency_is_simulated(aiohttp_server) -> None:
     profile = builtin_profile()
     profile.models["gpt-5.4"].latency.ttft_ms = 60.0
+    profile.models["gpt-5.4"].latency.sigma = 0.0  # every answer at the median
     server = await aiohttp_server(make_app(profile))
     client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-test", max_retries=0)
     start = time.monotonic()
@@ -391,3 +392,21 @@ def test_profile_files(tmp_path) -> None:
             load_profile(bad)
     with pytest.raises(ProfileError, match="cannot read"):
         load_profile(tmp_path / "missing.yaml")
+
+
+def test_latency_is_a_log_normal_distribution_per_answer() -> None:
+    import math
+    import statistics
+
+    from bandit_router.simulator.engine import Simulator
+
+    sim = Simulator(builtin_profile(), seed=5)
+    lat = sim.profile.models["glm-5"].latency
+    assert lat.sigma > 0
+    ttft = [sim.complete("glm-5", msgs(f"q{i}")).ttft_s for i in range(2000)]
+    logs = [math.log(t) for t in ttft]
+    assert statistics.median(ttft) == pytest.approx(lat.ttft_ms / 1000, rel=0.05)
+    assert statistics.stdev(logs) == pytest.approx(lat.sigma, rel=0.08)
+    # the models differ: a fast one and a slow one (what deadline routing needs)
+    p = sim.profile.models
+    assert p["claude-opus-4.6"].latency.ttft_ms >= 3 * p["glm-5"].latency.ttft_ms

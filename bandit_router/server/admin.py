@@ -13,7 +13,8 @@ from .keys import SERVICE
 
 async def arms(request: web.Request) -> web.Response:
     """Per category, per model: decisions, feedback (total and by source), posterior mean and sd of
-    quality, mean cost per request, traffic share over the last 1,000 decisions, enabled, prior.
+    quality, mean cost per request, traffic share over the last 1,000 decisions, enabled, prior, and
+    the latency estimates (the configured quantile of time to first token and of the whole answer).
     Per model (``health``): breaker state, calls, failures, recent error rate and latency, fallbacks.
     ``storage``: the writer's queue depth, failed writes, decisions that could not be queued."""
     service = request.app[SERVICE]
@@ -43,12 +44,17 @@ async def arms(request: web.Request) -> web.Response:
                 "serves": s["serves"],
                 "prior": {"quality": s["prior_quality"], "strength": s["prior_strength"]},
                 "output_tokens": s["output_tokens"],
+                "latency": {"ttft_s": s["ttft_s"], "total_s": s["latency_s"],
+                            "quantile": service.router.settings.latency_quantile,
+                            "observations": s["latency_observations"]},
             }
         out[category] = rows
     graders = {name: dict(c) for name, c in service.grading.stats.items()}
     storage = {"queue_depth": store.queue_depth, "failed_writes": store.failed_writes,
                "unrecorded_decisions": service.unrecorded}
     body = {"categories": out, "graders": graders, "health": service.breakers.snapshot(), "storage": storage}
+    if service.cache is not None:
+        body["cache"] = service.cache.stats()
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

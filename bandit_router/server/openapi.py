@@ -82,6 +82,9 @@ _CHAT_HEADERS = {
                        "schema": {"type": "string", "enum": ["hit", "miss", "bypass"]}},
     "X-Router-Fallback": {"description": "The models that failed before the one that answered, in order.",
                           "schema": _STR},
+    "X-Router-Deadline": {"description": "With a deadline (X-Router-Max-Latency-Ms): met, or missed when no eligible "
+                                         "model was expected to meet it and the fastest was used.",
+                          "schema": {"type": "string", "enum": ["met", "missed"]}},
 }
 
 
@@ -104,7 +107,10 @@ def _response_schemas() -> dict[str, Any]:
     })
     router_info = _obj({"event_id": _STR, "category": _STR, "model": _STR, "cost_usd": _NUM,
                         "cache": {"type": "string", "enum": ["hit", "miss", "bypass"]},
-                        "locality": _obj({"required": _STR, "detected": {"type": "array", "items": _STR}})},
+                        "locality": _obj({"required": _STR, "detected": {"type": "array", "items": _STR}}),
+                        "latency": _obj({"expected_ms": nullable_num, "metric": {"enum": ["ttft", "total"]},
+                                         "max_latency_ms": _NUM, "deadline_met": _BOOL},
+                                        ["expected_ms", "metric"])},
                        ["event_id", "category", "model", "cost_usd"])
     completion = _obj({"choices": {"type": "array"}, "router": _ref("RouterInfo")}, ["router"])
     completion["description"] = "The upstream's chat.completion, with the router's decision under `router`."
@@ -127,6 +133,7 @@ def _response_schemas() -> dict[str, Any]:
         "observations": _INT, "quality_mean": _NUM, "quality_sd": _NUM, "mean_cost_usd": nullable_num,
         "traffic_share": {"type": "number", "minimum": 0, "maximum": 1}, "enabled": _BOOL, "serves": _BOOL,
         "prior": _obj({"quality": _NUM, "strength": _NUM}), "output_tokens": _NUM,
+        "latency": _obj({"ttft_s": _NUM, "total_s": _NUM, "quantile": _NUM, "observations": _INT}),
     })
     arms = _obj({
         "categories": {"type": "object", "description": "category -> model -> statistics",
@@ -217,6 +224,11 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
                 "quality points per dollar for this request"),
         _header("X-Router-Max-Cost-Usd", {"type": "number", "exclusiveMinimum": 0},
                 "exclude models expected to cost more than this"),
+        _header("X-Router-Latency-Weight", {"type": "number", "minimum": 0},
+                "quality points per second of expected latency (p90; time to first token when streaming)"),
+        _header("X-Router-Max-Latency-Ms", {"type": "number", "exclusiveMinimum": 0},
+                "a deadline: models expected (p90) to take longer are not eligible; if none meets it, the "
+                "fastest is used and X-Router-Deadline says missed"),
         _header("X-Router-Locality", {"type": "string", "pattern": LOCALITY_PATTERN},
                 "only models with this locality tag (e.g. local) may receive the request; fails closed"),
         _header("X-Router-Tenant", {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"},

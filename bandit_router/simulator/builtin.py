@@ -72,9 +72,11 @@ def _quality(model: str) -> dict[str, Any]:
 # completion tokens per category (mean; cv 0.4), times a per-model verbosity: all assumptions
 _TOKENS = {"coding": 450, "reasoning": 350, "science": 180, "computer_use": 120, "general": 220}
 _VERBOSITY = {"gpt-5.4": 1.0, "claude-opus-4.6": 1.15, "gemini-3.1-pro": 0.9, "glm-5": 1.25}
-# (ttft ms, tokens/s) at latency_scale 1: test speed, 1/50 of an assumed real-world figure
-_LATENCY = {"gpt-5.4": (12.0, 3500.0), "claude-opus-4.6": (18.0, 2500.0),
-            "gemini-3.1-pro": (10.0, 5000.0), "glm-5": (8.0, 3000.0)}
+# (median ttft ms, median tokens/s) at latency_scale 1: test speed, 1/50 of an assumed real-world
+# figure (1.5 s / 90 tok/s, 2.0 s / 60, 0.6 s / 150, 0.5 s / 100), each answer log-normal around it
+_LATENCY = {"gpt-5.4": (30.0, 4500.0), "claude-opus-4.6": (40.0, 3000.0),
+            "gemini-3.1-pro": (12.0, 7500.0), "glm-5": (10.0, 5000.0)}
+LATENCY_SIGMA = 0.35  # log-space sd: p90 = median × 1.57
 _PRICE = {"gpt-5.4": (2.50, 20.0), "claude-opus-4.6": (5.00, 25.0), "gemini-3.1-pro": (2.00, 12.0),
           "glm-5": (1.00, 3.20)}
 _OWNER = {"gpt-5.4": "openai", "claude-opus-4.6": "anthropic", "gemini-3.1-pro": "google", "glm-5": "zhipu-ai"}
@@ -93,9 +95,10 @@ def _model(name: str) -> dict[str, Any]:
         "quality": _quality(name),
         "price": {"input": price_in, "output": price_out, "cached_input": None,
                   "assumption": GLM_OUTPUT_PRICE_NOTE if name == "glm-5" else None},
-        "latency": {"ttft_ms": ttft, "tokens_per_s": tps,
-                    "assumption": f"not in the article: test speed, 1/50 of an assumed real-world "
-                                  f"{ttft * 50 / 1000:.1f} s to first token and {tps / 50:.0f} tokens/s"},
+        "latency": {"ttft_ms": ttft, "tokens_per_s": tps, "sigma": LATENCY_SIGMA,
+                    "assumption": f"not in the article: test speed, 1/50 of an assumed real-world median "
+                                  f"{ttft * 50 / 1000:.1f} s to first token and {tps / 50:.0f} tokens/s, "
+                                  f"log-normal per answer (sigma {LATENCY_SIGMA})"},
         "output_tokens": {c: {"mean": round(n * _VERBOSITY[name]), "cv": 0.4} for c, n in _TOKENS.items()},
     }
 
@@ -111,8 +114,8 @@ BUILTIN: dict[str, Any] = {
         "glm-5 reasoning: estimated, see its quality.reasoning.assumption (the article's 92.7% is AIME)",
         "glm-5 output price: assumed $3.20/1M, see its price.assumption",
         "cached_input prices: not in the article; null, so cached prompt tokens cost the input price",
-        "latency: not in the article; per-model test-speed values, 1/50 of assumed real-world figures; "
-        "latency_scale 50 approximates real time, 0 answers at once",
+        "latency: not in the article; per-model test-speed medians, 1/50 of assumed real-world figures, "
+        "log-normal per answer with sigma 0.35; latency_scale 50 approximates real time, 0 answers at once",
         "output tokens: not in the article; per category mean (coding 450, reasoning 350, general 220, "
         "science 180, computer_use 120) x model verbosity (gpt-5.4 1.0, claude-opus-4.6 1.15, "
         "gemini-3.1-pro 0.9, glm-5 1.25), log-normal with cv 0.4",

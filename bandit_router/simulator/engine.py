@@ -229,8 +229,12 @@ class Simulator:
                 + completion_tokens * price.output) / 1e6
         scale = self.latency_scale * state.latency_scale
         lat = state.spec.latency
+        ttft_s, s_per_token = lat.ttft_ms / 1000 * scale, scale / lat.tokens_per_s
+        if lat.sigma:  # drawn last, and only when set: the other draws of a seed stay as they were
+            ttft_s *= math.exp(lat.sigma * rng.gauss(0.0, 1.0))
+            s_per_token *= math.exp(lat.sigma * rng.gauss(0.0, 1.0))
         return Outcome(model, category, correct, content, finish, prompt_tokens, cached, completion_tokens,
-                       lat.ttft_ms / 1000 * scale, scale / lat.tokens_per_s, cost, digest.hex()[:24])
+                       ttft_s, s_per_token, cost, digest.hex()[:24])
 
     def update(self, model: str, change: AdminUpdate) -> None:
         state = self.models.get(model)

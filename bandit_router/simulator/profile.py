@@ -23,7 +23,7 @@ one required number, e.g. ``coding: 0.8`` for ``coding: {p: 0.8}``)::
         notes: str | null
         quality: {category: {p: float in [0,1] | null, benchmark, source, assumption}}
         price: {input, output, cached_input | null, assumption}     # $ per 1M tokens
-        latency: {ttft_ms: float >= 0, tokens_per_s: float > 0, assumption}
+        latency: {ttft_ms: float >= 0, tokens_per_s: float > 0, sigma: float >= 0 (log-normal spread), assumption}
         output_tokens: {category: {mean, cv}}    # falls back to default_output_tokens
 
 ``p: null`` (or a category left out of ``quality``) means the model does not serve the category.
@@ -72,8 +72,12 @@ class PriceSpec(StrictModel):
 
 
 class Latency(StrictModel):
+    """Median time to first token and median speed; each answer draws both log-normally with sd
+    ``sigma`` in log space (0: always the median)."""
+
     ttft_ms: float = Field(ge=0.0)
     tokens_per_s: float = Field(gt=0.0)
+    sigma: float = Field(default=0.0, ge=0.0, le=3.0)
     assumption: str | None = None
 
 
