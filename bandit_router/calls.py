@@ -51,6 +51,7 @@ class Calling:
     _finish: Callable[..., None]
     _entry: Callable[[str | None], Any]
     _judge_allowed: Callable[[str | None], Any]
+    _charge: Callable[[Decision, float], None]
 
     # -- completing --------------------------------------------------------------------------
     def account(self, d: Decision, usage: Usage, status: str = "completed") -> float:
@@ -59,6 +60,7 @@ class Calling:
         if usage.completion_tokens:
             self.router.observe_output(d, usage.completion_tokens)
         self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
+        self._charge(d, cost)
         if self.metrics is not None:
             self.metrics.cost(d, cost)
         return cost

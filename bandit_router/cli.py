@@ -42,7 +42,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                               prior_strength=args.prior_strength)
     opts = ReplayOptions(cost_weight=args.cost_weight, steps=args.steps, seed=args.seed, once=args.once,
                          hide_category=args.hide_category, drift=drift, settings=settings,
-                         peers=tuple(p for p in args.peers.split(",") if p), features=args.features)
+                         peers=tuple(p for p in args.peers.split(",") if p), features=args.features,
+                         budget=args.budget)
+    if args.budget is not None and not args.budget > 0:
+        raise SystemExit("replay: --budget must be a positive number of dollars per request")
     total = table.n if args.once else args.steps
     bar, progress = _progress_bar(total, "replay")
     if bar is not None:
@@ -209,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="replay RouterBench CSV files through the router and its peers")
     r.add_argument("files", nargs="+", help="RouterBench-format CSV files")
     r.add_argument("--cost-weight", type=float, default=20.0, help="quality points per dollar (default 20)")
+    r.add_argument("--budget", type=float, default=None, metavar="USD_PER_REQUEST",
+                   help="pace spend to this many dollars per request: the cost weight becomes a primal-dual "
+                        "pacer's (--cost-weight then only scores the baselines)")
     r.add_argument("--steps", type=int, default=20_000, help="requests to replay (default 20000)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--once", action="store_true", help="every row exactly once, in a seeded order")

@@ -208,6 +208,22 @@ class SensitiveConfig(_Strict):
         return self
 
 
+class BudgetConfig(_Strict):
+    """Daily spend budgets per tenant, paced (bandit_router.pacing.DayPacer): as spend runs ahead of the
+    day's pace the cost weight rises, and it relaxes when spend is under pace."""
+
+    usd_per_day: float | None = Field(None, gt=0.0, description="every tenant's budget (null: none)")
+    tenants: dict[str, float] = Field(default_factory=dict, description="tenant -> $ per day (overrides)")
+
+    @field_validator("tenants")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, usd in v.items():
+            if not usd > 0:
+                raise ValueError(f"{name}: {usd!r} must be a positive number of dollars per day")
+        return v
+
+
 class LocalityConfig(_Strict):
     sensitive: SensitiveConfig = Field(default_factory=SensitiveConfig)
 
@@ -232,6 +248,7 @@ class RouterConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     locality: LocalityConfig = Field(default_factory=LocalityConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> RouterConfig:

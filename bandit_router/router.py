@@ -488,6 +488,8 @@ class Router:
         touched = set()
         for key, blob in states.items():
             kind, _, rest = key.partition(":")
+            if kind not in ("category", "arm", "latency"):
+                continue  # another part's state (the service's model switches, budgets)
             v = np.frombuffer(blob, dtype=np.float64)
             if kind == "category":
                 cat = self._category(rest)

@@ -30,6 +30,7 @@ from .config import RouterConfig
 from .features import Message
 from .grading import Grading
 from .locality import LocalityPolicy, SensitiveDataDetector
+from .pacing import Pacers
 from .policy import NoEligibleModel
 from .providers.base import Provider
 from .reliability import Breakers
@@ -114,6 +115,7 @@ class Service(Calling):
                                        SensitiveDataDetector(sens.detect, sens.patterns) if sens.route_to else None)
         c = config.cache
         self.cache = ResponseCache(max_entries=c.max_entries, ttl_s=c.ttl_s) if c.enabled else None
+        self.pacers = Pacers(config.budget.usd_per_day, config.budget.tenants)
         self.metrics: Any = None  # server.metrics.Metrics: decided(d), cost(d, usd), feedback(source)
 
     # -- deciding ----------------------------------------------------------------------------
@@ -196,8 +198,23 @@ class Service(Calling):
             self._tracked.popitem(last=False)
 
     def _cost_weight(self, hints: Hints, now: float) -> float | None:
-        """The request's cost weight (its own, else the configured one)."""
-        return hints.cost_weight
+        """The request's cost weight (its own, else the configured one), plus its tenant's budget
+        pacer's λ when the tenant has a budget."""
+        if not self.pacers:
+            return hints.cost_weight
+        base = self.router.settings.cost_weight if hints.cost_weight is None else hints.cost_weight
+        return self.pacers.cost_weight(hints.tenant, base, now)
+
+    def _charge(self, d: Decision, usd: float) -> None:
+        """An upstream call's cost, against its tenant's budget."""
+        if self.pacers:
+            t = self._entry(d.event_id)
+            self.pacers.spend(t.tenant if t is not None and t.tenant else "default", usd, time.time())
+
+    def budget(self, tenant: str) -> dict[str, Any] | None:
+        """The tenant's budget today (None: no budget)."""
+        p = self.pacers.get(tenant) if self.pacers else None
+        return None if p is None else {"tenant": tenant, **p.snapshot(time.time())}
 
     # -- locality ----------------------------------------------------------------------------
     def restrict(self, messages: Sequence[Message], hints: Hints) -> list[str]:
@@ -315,7 +332,9 @@ class Service(Calling):
     # -- state -------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         now = time.time()
-        self.store.save_state([StateRow(k, v, now) for k, v in self.router.dirty_states().items()])
+        rows = [StateRow(k, v, now) for k, v in self.router.dirty_states().items()]
+        rows += [StateRow(f"budget:{t}", orjson.dumps(p.export()), now) for t, p in self.pacers.pacers.items()]
+        self.store.save_state(rows)
 
     def restore(self) -> int:
         n = self.router.import_state(self.store.load_state())
@@ -323,6 +342,10 @@ class Service(Calling):
             name = key.partition(":")[2]
             if name in self.router.index:
                 self.router.set_enabled(name, blob == b"1")
+        for key, blob in self.store.load_state("budget:").items():  # today's spend survives a restart
+            p = self.pacers.get(key.partition(":")[2])
+            if p is not None:
+                p.restore(orjson.loads(blob))
         if self.cache is not None:
             now = time.time()
             rows = self.store.load_cache(now)

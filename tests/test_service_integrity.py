@@ -134,3 +134,21 @@ def test_forgetting_clock_survives_export_and_import():
         assert nb == pytest.approx(na) and np.isfinite(nb)
     closed_form = 0.5 * sum(2 ** (-(4 - t) / 100) for t in range(5))  # each learn decayed, then 100 s more
     assert sum(s["effective_observations"] for s in b.arm_stats()["coding"].values()) == pytest.approx(closed_form)
+
+
+@pytest.mark.asyncio
+async def test_a_disabled_model_stays_disabled_across_a_restart(sim, aiohttp_client, tmp_path):
+    """The service's own state rows (model switches, budgets) share the state table with the
+    posteriors; restoring must not read them as posterior sums (it once raised at start-up)."""
+    from fleet import fleet_config
+
+    cfg = parse_config({**fleet_config(sim.port), "budget": {"usd_per_day": 5.0}})
+    client = await aiohttp_client(make_app(cfg, db_path=tmp_path / "r.db", admin_local_only=True))
+    assert (await client.post("/admin/models/glm-5/disable")).status == 200
+    chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await client.post("/v1/chat/completions", json=chat)).status == 200  # a budget row too
+    await client.close()
+    client = await aiohttp_client(make_app(cfg, db_path=tmp_path / "r.db", admin_local_only=True))
+    arms = (await (await client.get("/admin/arms")).json())
+    assert arms["categories"]["general"]["glm-5"]["enabled"] is False
+    assert arms["budgets"]["default"]["requests_today"] == 1

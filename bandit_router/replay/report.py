@@ -9,7 +9,7 @@ import numpy as np
 from .data import Table
 from .run import ReplayOptions, run
 
-_INTERNAL = ("choices", "stream_categories")
+_INTERNAL = ("choices", "stream_categories", "cost_weights")
 
 
 def jsonable(result: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +44,11 @@ def print_table(result: dict[str, Any]) -> None:
         c.print(f"inferred categories agree with eval_name on {result['category_agreement']:.1%} of rows")
     if "drift" in result:
         c.print(f"requests until 90% of the traffic shift, per category: {result['drift']}")
+    if "budget" in result:
+        b = result["budget"]
+        c.print(f"budget ${b['usd_per_request']:.6f}/request: spent ${b['spend_per_request']:.6f}/request "
+                f"({b['spend_ratio']:.1%} of budget), quality {b['quality']:.4f}; the pacer's cost weight: "
+                f"median {b['median_cost_weight']:.0f}, final {b['final_cost_weight']:.0f}")
 
 
 def plot(table: Table, opts: ReplayOptions, result: dict[str, Any], out: str, *, warm: Table | None = None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..costs import Price
+from ..pacing import RequestPacer
 from ..router import BanditSettings, ModelSpec, Router
 from .data import Table
 
@@ -70,6 +71,8 @@ class ReplayOptions:
     peers: tuple[str, ...] = ("vw", "mabwiser_lints")
     settings: BanditSettings | None = None
     features: str = "full"  # "full" (d=32), "dense" (no hashed words) or "intercept" (a plain MAB)
+    budget: float | None = None  # $ per request: the cost weight is a pacer's (pacing.RequestPacer), not fixed
+    budget_step: float = 0.02
 
 
 @dataclass
@@ -221,6 +224,8 @@ def run(table: Table, opts: ReplayOptions, *, warm: Table | None = None,
     ev = 0
     eligible: np.ndarray | None = None
     perf = time.perf_counter_ns
+    pacer = None if opts.budget is None else RequestPacer(opts.budget, step=opts.budget_step)
+    weights = np.full(t_steps, w)
     for t in range(t_steps):
         while ev < len(events) and events[ev].step <= t:
             d = events[ev]
@@ -232,12 +237,16 @@ def run(table: Table, opts: ReplayOptions, *, warm: Table | None = None,
             ev += 1
         row = stream.rows[t]
         x = x_all[row]
+        if pacer is not None:
+            weights[t] = pacer.cost_weight(0.0)
         t0 = perf()
-        dec = router.decide_features(x, str(cat_of_row[row]), table.prompt_tokens[row], cost_weight=w,
+        dec = router.decide_features(x, str(cat_of_row[row]), table.prompt_tokens[row], cost_weight=weights[t],
                                      eligible=eligible)
         ns[t] = perf() - t0
         k = router_cols[dec.arm]
         choices[t] = k
+        if pacer is not None:
+            pacer.spend(float(stream.cost[t, k]))
         router.learn(dec, float(stream.quality[t, k]))
         router.observe_output(dec, table.output_tokens[row, k])
         if peers:
@@ -293,6 +302,12 @@ def run(table: Table, opts: ReplayOptions, *, warm: Table | None = None,
     }
     if inferred is not None:
         report["category_agreement"] = _agreement(table.categories, inferred)
+    if pacer is not None:
+        report["budget"] = {"usd_per_request": opts.budget, "spend_per_request": pacer.spent / t_steps,
+                            "spend_ratio": pacer.ratio, "quality": r["quality"],
+                            "final_cost_weight": pacer.cost_weight(0.0),
+                            "median_cost_weight": float(np.median(weights))}
+        report["cost_weights"] = weights
     drift_report: dict[str, int] = {}
     for d in opts.drift:
         for cat, n in shift_requests(choices, stream.categories, table.models.index(d.model), d.step).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import orjson
@@ -55,6 +56,8 @@ async def arms(request: web.Request) -> web.Response:
     body = {"categories": out, "graders": graders, "health": service.breakers.snapshot(), "storage": storage}
     if service.cache is not None:
         body["cache"] = service.cache.stats()
+    if service.pacers:
+        body["budgets"] = service.pacers.snapshot(time.time())
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

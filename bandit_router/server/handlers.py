@@ -27,16 +27,17 @@ from .keys import SERVICE
 log = logging.getLogger("bandit_router")
 
 CATEGORY_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+MAX_WEIGHT = 1e9  # cost and latency weights: beyond any real trade-off, and far from float overflow
 
 
 class RouterHints(BaseModel):
     model_config = ConfigDict(extra="forbid")
     category: str | None = Field(None, pattern=CATEGORY_PATTERN)
-    cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    cost_weight: float | None = Field(None, ge=0.0, le=MAX_WEIGHT, allow_inf_nan=False)
     max_cost_usd: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     reference: dict[str, Any] | None = None  # for automated graders: e.g. {"answer": "B"} or {"tests": [...]}
     locality: str | None = Field(None, pattern=LOCALITY_PATTERN)  # e.g. "local": only models tagged so
-    latency_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)  # quality points per second
+    latency_weight: float | None = Field(None, ge=0.0, le=MAX_WEIGHT, allow_inf_nan=False)  # quality points per second
     max_latency_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # a deadline
 
 
@@ -58,9 +59,9 @@ class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     messages: list[ChatMessage] = Field(min_length=1)
     category: str | None = Field(None, pattern=CATEGORY_PATTERN)
-    cost_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    cost_weight: float | None = Field(None, ge=0.0, le=MAX_WEIGHT, allow_inf_nan=False)
     locality: str | None = Field(None, pattern=LOCALITY_PATTERN)
-    latency_weight: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    latency_weight: float | None = Field(None, ge=0.0, le=MAX_WEIGHT, allow_inf_nan=False)
     max_latency_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     stream: bool = False  # the caller will stream: time to first token is the latency that counts
 
@@ -76,7 +77,8 @@ async def _json(request: web.Request) -> Any:
         raise web.HTTPBadRequest(reason=f"invalid JSON: {e}") from None
 
 
-def _number_header(request: web.Request, name: str, *, positive: bool = False) -> float | None:
+def _number_header(request: web.Request, name: str, *, positive: bool = False,
+                   maximum: float | None = None) -> float | None:
     raw = request.headers.get(name)
     if raw is None:
         return None
@@ -86,6 +88,8 @@ def _number_header(request: web.Request, name: str, *, positive: bool = False) -
         raise ValueError(f"{name}: {raw!r} is not a number") from None
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name}: {raw!r} must be a finite number {'> 0' if positive else '>= 0'}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: {raw!r} must be at most {maximum:g}")
     return value
 
 
@@ -105,13 +109,13 @@ def _header_hints(request: web.Request, body_hints: RouterHints | None, body: di
     if cat is not None:
         RouterHints(category=cat)  # validates
         h.category = cat
-    cw = _number_header(request, "X-Router-Cost-Weight")
+    cw = _number_header(request, "X-Router-Cost-Weight", maximum=MAX_WEIGHT)
     if cw is not None:
         h.cost_weight = cw
     mc = _number_header(request, "X-Router-Max-Cost-Usd", positive=True)
     if mc is not None:
         h.max_cost_usd = mc
-    lw = _number_header(request, "X-Router-Latency-Weight")
+    lw = _number_header(request, "X-Router-Latency-Weight", maximum=MAX_WEIGHT)
     if lw is not None:
         h.latency_weight = lw
     ml = _number_header(request, "X-Router-Max-Latency-Ms", positive=True)
@@ -202,6 +206,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         out["router"]["locality"] = {"required": hints.locality, "detected": detected}
     if (lat := _latency(d, hints)) is not None:
         out["router"]["latency"] = lat
+    if (budget := service.budget(hints.tenant)) is not None:
+        out["router"]["budget"] = {k: budget[k] for k in ("tenant", "usd_per_day", "spent_today_usd", "exhausted")}
+        out["router"]["cost_weight"] = d.cost_weight
     return web.Response(body=orjson.dumps(out), content_type="application/json", headers=headers)
 
 

@@ -108,6 +108,9 @@ def _response_schemas() -> dict[str, Any]:
     router_info = _obj({"event_id": _STR, "category": _STR, "model": _STR, "cost_usd": _NUM,
                         "cache": {"type": "string", "enum": ["hit", "miss", "bypass"]},
                         "locality": _obj({"required": _STR, "detected": {"type": "array", "items": _STR}}),
+                        "cost_weight": {**_NUM, "description": "the effective cost weight, when a budget paces it"},
+                        "budget": _obj({"tenant": _STR, "usd_per_day": _NUM, "spent_today_usd": _NUM,
+                                        "exhausted": _BOOL}),
                         "latency": _obj({"expected_ms": nullable_num, "metric": {"enum": ["ttft", "total"]},
                                          "max_latency_ms": _NUM, "deadline_met": _BOOL},
                                         ["expected_ms", "metric"])},
@@ -220,11 +223,11 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
     hint_headers = [
         _header("X-Router-Category", {"type": "string", "pattern": CATEGORY_PATTERN},
                 "route in this category instead of the classified one"),
-        _header("X-Router-Cost-Weight", {"type": "number", "minimum": 0},
+        _header("X-Router-Cost-Weight", {"type": "number", "minimum": 0, "maximum": 1e9},
                 "quality points per dollar for this request"),
         _header("X-Router-Max-Cost-Usd", {"type": "number", "exclusiveMinimum": 0},
                 "exclude models expected to cost more than this"),
-        _header("X-Router-Latency-Weight", {"type": "number", "minimum": 0},
+        _header("X-Router-Latency-Weight", {"type": "number", "minimum": 0, "maximum": 1e9},
                 "quality points per second of expected latency (p90; time to first token when streaming)"),
         _header("X-Router-Max-Latency-Ms", {"type": "number", "exclusiveMinimum": 0},
                 "a deadline: models expected (p90) to take longer are not eligible; if none meets it, the "
