@@ -13,6 +13,12 @@ Before any answer is seen, each model has ``prior_weight`` pseudo-observations s
 (sd ``prior_sigma`` in log space) around its configured typical value, so the prior p90 is
 typical × exp(1.28 × prior_sigma) and a few real observations overwhelm it.
 
+Exploration: a deadline decided on point estimates alone would never try a model whose estimate
+starts above it (a streamed model's first-token time is only seen when it streams). So decisions use
+a Thompson-style draw: the quantile × exp(``uncertainty`` × z / √(1 + n)), z ~ N(0, 1), n the
+model's observations of that metric: wide while a model is unknown, the point estimate once it is
+well measured.
+
 Histograms add up: two processes' weights for the same model can be summed.
 """
 
@@ -68,7 +74,7 @@ class LatencyEstimates:
     (``TTFT``, ``TOTAL``)."""
 
     def __init__(self, *, quantile: float = 0.9, decay: float = 1.0, prior_weight: float = 1.0,
-                 prior_sigma: float = 0.5) -> None:
+                 prior_sigma: float = 0.5, uncertainty: float = 1.0) -> None:
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"latency quantile: {quantile!r} must be in (0, 1)")
         if not 0.0 < decay <= 1.0:
@@ -77,6 +83,7 @@ class LatencyEstimates:
         self.decay = decay
         self.prior_weight = prior_weight
         self.prior_sigma = prior_sigma
+        self.uncertainty = uncertainty
         self.h = np.zeros((2, 0, BUCKETS))
         self.n = np.zeros((2, 0))  # observations per metric and model (undecayed count)
         self._cache: np.ndarray | None = None  # (2, models) quantiles, until the next observation
@@ -113,6 +120,11 @@ class LatencyEstimates:
         """Per model, the latency that matters to a request: time to first token when it streams,
         else the whole answer."""
         return self.quantiles()[TTFT if stream else TOTAL]
+
+    def sample(self, stream: bool, z: np.ndarray) -> np.ndarray:
+        """A draw of each model's latency for one decision (``z``: standard normals, one per model)."""
+        m = TTFT if stream else TOTAL
+        return self.quantiles()[m] * np.exp(self.uncertainty * z / np.sqrt(1.0 + self.n[m]))
 
     # -- state ---------------------------------------------------------------------------------
     def export_model(self, k: int) -> np.ndarray:

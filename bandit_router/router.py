@@ -335,7 +335,9 @@ class Router:
         ``latency_quantile`` of its time to first token (``stream``) or of its whole answer. The score
         loses ``latency_weight`` × that (quality points per second); with ``max_latency_s``, models
         expected to take longer are not eligible, and when that leaves none, the fastest eligible model
-        is chosen and the decision says ``deadline_met=False``."""
+        is chosen and the decision says ``deadline_met=False``. Both use a draw around the estimate
+        that narrows as a model's latency is observed (see :mod:`bandit_router.latency`), so a model
+        whose latency is still unknown gets tried."""
         cat = self._cats.get(category) or self._category(category)
         if self._zi >= len(self._z):
             self._z = self._rng.standard_normal((1024, len(self.specs)))
@@ -355,16 +357,17 @@ class Router:
         w = self.settings.cost_weight if cost_weight is None else cost_weight
         lat = met = None
         if latency_weight or max_latency_s is not None:
-            lat = cat.lat.expected(stream)
+            lat = cat.lat.expected(stream)  # the point estimates, for the record
+            drawn = cat.lat.sample(stream, self._rng.standard_normal(len(lat)))  # what decides (exploring)
             if latency_weight:
-                q = q - latency_weight * lat
+                q = q - latency_weight * drawn
             if max_latency_s is not None:
                 ok = np.isfinite(penalty)
-                fast = ok & (lat <= max_latency_s)
+                fast = ok & (drawn <= max_latency_s)
                 met = bool(fast.any())
                 if not met and ok.any():  # nobody meets the deadline: the fastest of those eligible
                     fast = np.zeros(len(lat), dtype=bool)
-                    fast[int(np.where(ok, lat, np.inf).argmin())] = True
+                    fast[int(np.where(ok, drawn, np.inf).argmin())] = True
                 penalty = np.where(fast, penalty, -np.inf)
         k, scores = choose(q, costs, w, penalty)
         return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), float(costs[k]), w,
