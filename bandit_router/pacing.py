@@ -8,11 +8,14 @@ weight, ``w = base + λ``, and updated by projected dual (sub)gradient steps:
 * :class:`RequestPacer` — a budget of ``b`` dollars per request (the replay's ``--budget``). After
   each request with realised cost ``c``::
 
-      μ ← clip(μ + η · (c / b − 1), 0, μ_max),    λ = μ / b
+      μ ← clip(μ + η · (c / b − 1), μ_min, μ_max),    λ = max(μ, 0) / b
 
   μ is λ in units of "quality points per budget-sized request", so the step ``η`` (default 0.02)
   is unit-free whatever the prices. Spending more than ``b`` on a request pushes the weight up,
-  less pulls it down, and it never goes below ``base``.
+  less pulls it down, and it never goes below ``base``. μ may go a little below 0 (``μ_min`` = −1):
+  underspend while λ is already 0 is remembered as a bounded credit, so noise around λ = 0 does not
+  bias the run towards spending less than the budget (projecting μ at 0 did: 1–3% under on
+  RouterBench), and a budget that does not bind cannot wind the pacer up without limit.
 
 * :class:`DayPacer` — a budget of ``B`` dollars per UTC day for one tenant (the service). The pace
   is the share of the day gone by: ``pace = B × (elapsed / day + slack)``, ``slack`` (default 2%)
@@ -53,6 +56,7 @@ class RequestPacer:
     budget_usd: float
     step: float = 0.02
     mu_max: float = 50.0
+    mu_min: float = -1.0  # bounded credit for underspend (anti-windup); λ itself never goes below 0
     mu: float = 0.0
     spent: float = 0.0
     requests: int = 0
@@ -66,7 +70,7 @@ class RequestPacer:
     @property
     def lam(self) -> float:
         """λ, quality points per dollar added to the cost weight."""
-        return self.mu / self.budget_usd
+        return max(self.mu, 0.0) / self.budget_usd
 
     def cost_weight(self, base: float = 0.0) -> float:
         return base + self.lam
@@ -75,7 +79,7 @@ class RequestPacer:
         c = _check_cost(usd)
         self.spent += c
         self.requests += 1
-        self.mu = min(max(self.mu + self.step * (c / self.budget_usd - 1.0), 0.0), self.mu_max)
+        self.mu = min(max(self.mu + self.step * (c / self.budget_usd - 1.0), self.mu_min), self.mu_max)
 
     @property
     def ratio(self) -> float:

@@ -25,8 +25,12 @@ def test_the_request_pacer_follows_its_update_rule():
     assert p.mu == pytest.approx(0.1)
     for _ in range(5):
         p.spend(0.0)
-    assert p.mu == 0.0 and p.cost_weight(5.0) == 5.0  # relaxed to the base, never below
-    assert p.ratio == pytest.approx(0.03 / 7 / 0.01)
+    assert p.mu == pytest.approx(-0.4) and p.lam == 0.0  # a credit, remembered; λ itself stays at 0
+    assert p.cost_weight(5.0) == 5.0  # relaxed to the base, never below
+    for _ in range(100):
+        p.spend(0.0)
+    assert p.mu == p.mu_min  # the credit is bounded (no wind-up)
+    assert p.ratio == pytest.approx(0.03 / 107 / 0.01)
 
 
 @settings(max_examples=60, deadline=None)
@@ -35,7 +39,7 @@ def test_the_weight_is_never_below_the_base_and_lambda_never_negative(costs, bud
     p = RequestPacer(budget)
     for c in costs:
         p.spend(c)
-        assert 0.0 <= p.mu <= p.mu_max and p.cost_weight(base) >= base
+        assert p.mu_min <= p.mu <= p.mu_max and p.lam >= 0.0 and p.cost_weight(base) >= base
 
 
 def test_on_a_two_model_stream_spend_converges_to_the_budget():
