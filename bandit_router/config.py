@@ -345,4 +345,18 @@ feedback:
 server:
   host: 127.0.0.1
   port: 8000
+
+# Optional, shown with their defaults or an example:
+# cache:                    # exact-match answers for temperature-0 requests, per tenant
+#   enabled: true
+#   ttl_s: 3600
+#   max_entries: 10000
+# locality:                 # requests with personal data reach only models tagged `locality: local`
+#   sensitive:
+#     route_to: local       # (needs a model with `locality: local`; null turns the detector off)
+#     detect: [email, phone, card, national_id]
+# budget:                   # daily spend per tenant, paced by raising the cost weight
+#   usd_per_day: 50
+#   tenants: {team-a: 200}
+# Per model, for latency-aware routing before answers are timed: ttft_s (1), latency_s (10).
 """

@@ -2,24 +2,31 @@
 token and of the total latency, with forgetting. Pure: numpy arrays in, arrays out, no I/O.
 
 Each model keeps, per metric, a histogram of weights over log-spaced buckets from 1 ms to 10 min
-(80 buckets, each about 18% wide). An observation adds weight 1 to its bucket after the whole
-category's weights are multiplied by the forgetting factor ``decay`` (the same per-event half-life
-as the quality posteriors: ``bandit.half_life_events``), so recent answers count more and a model
-that slows down is followed. A quantile is read off the cumulative weights, interpolated in log
-space within its bucket: exact up to the bucket width, and robust (one 60 s outlier moves a p90 by
-at most one observation's weight, not by its size).
+(80 buckets, each about 18% wide). An observation adds weight 1 to its bucket after the data
+weights of the whole category are multiplied by the forgetting factor ``decay`` (the per-event
+half-life of the quality posteriors, ``bandit.half_life_events``, counted in timed answers of the
+category), so recent answers count more and a model that slows down is followed. The category
+forgets as a whole, like the quality sums: a model that stops being chosen keeps losing weight and
+drifts back towards its prior, and is explored again. :meth:`LatencyEstimates.forget` applies
+time-based forgetting (``bandit.half_life_seconds``) the same way. A quantile is read off the
+cumulative weights, interpolated in log space within its bucket: exact up to the bucket width, and
+robust (one 60 s outlier moves a p90 by at most one observation's weight, not by its size).
 
-Before any answer is seen, each model has ``prior_weight`` pseudo-observations spread log-normally
-(sd ``prior_sigma`` in log space) around its configured typical value, so the prior p90 is
-typical × exp(1.28 × prior_sigma) and a few real observations overwhelm it.
+The prior: each model has ``prior_weight`` pseudo-observations spread log-normally (sd
+``prior_sigma`` in log space) around its configured typical value, so the prior p90 is typical ×
+exp(1.28 × prior_sigma). Like the quality prior, it is kept apart from the data and never decays: a
+quantile reads prior + data. Its weight is 1 because a quantile near the top is held by whatever
+sits above the data: ``w`` pseudo-observations above the real ones hold a p90 for about ``w``/0.1
+answers, so weight 1 gives way after about ten.
 
 Exploration: a deadline decided on point estimates alone would never try a model whose estimate
 starts above it (a streamed model's first-token time is only seen when it streams). So decisions use
 a Thompson-style draw: the quantile × exp(``uncertainty`` × z / √(1 + n)), z ~ N(0, 1), n the
-model's observations of that metric: wide while a model is unknown, the point estimate once it is
-well measured.
+model's (decayed) data weight for that metric: wide while a model is unknown, the point estimate once
+it is well measured, and wider again as old measurements are forgotten.
 
-Histograms add up: two processes' weights for the same model can be summed.
+The data weights add up: two processes' histograms of the same model are merged by adding them
+(:meth:`LatencyEstimates.merged`; the prior is kept once).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import math
 
 import numpy as np
 
-__all__ = ["BUCKETS", "LatencyEstimates", "bucket_of", "quantile"]
+__all__ = ["BUCKETS", "TOTAL", "TTFT", "LatencyEstimates", "bucket_of", "quantile"]
 
 LO_S, HI_S = 1e-3, 600.0
 BUCKETS = 80
@@ -70,8 +77,9 @@ def _prior_row(typical_s: float, sigma: float, weight: float) -> np.ndarray:
 
 
 class LatencyEstimates:
-    """The latency histograms of one category: ``h`` has shape (2, models, BUCKETS), metric first
-    (``TTFT``, ``TOTAL``)."""
+    """The latency histograms of one category: ``h`` (the decayed data) and ``prior`` have shape
+    (2, models, BUCKETS), metric first (``TTFT``, ``TOTAL``); ``n`` counts observations (undecayed,
+    for display)."""
 
     def __init__(self, *, quantile: float = 0.9, decay: float = 1.0, prior_weight: float = 1.0,
                  prior_sigma: float = 0.5, uncertainty: float = 1.0) -> None:
@@ -79,19 +87,23 @@ class LatencyEstimates:
             raise ValueError(f"latency quantile: {quantile!r} must be in (0, 1)")
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"latency decay: {decay!r} must be in (0, 1]")
+        if not prior_weight > 0:
+            raise ValueError(f"latency prior weight: {prior_weight!r} must be > 0")
         self.q = quantile
         self.decay = decay
         self.prior_weight = prior_weight
         self.prior_sigma = prior_sigma
         self.uncertainty = uncertainty
         self.h = np.zeros((2, 0, BUCKETS))
-        self.n = np.zeros((2, 0))  # observations per metric and model (undecayed count)
-        self._cache: np.ndarray | None = None  # (2, models) quantiles, until the next observation
+        self.prior = np.zeros((2, 0, BUCKETS))
+        self.n = np.zeros((2, 0))
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None  # (quantiles, data weights), (2, models)
 
     def add_model(self, ttft_s: float, total_s: float) -> None:
         rows = np.stack([_prior_row(ttft_s, self.prior_sigma, self.prior_weight),
                          _prior_row(total_s, self.prior_sigma, self.prior_weight)])
-        self.h = np.concatenate([self.h, rows[:, None, :]], axis=1)
+        self.prior = np.concatenate([self.prior, rows[:, None, :]], axis=1)
+        self.h = np.concatenate([self.h, np.zeros((2, 1, BUCKETS))], axis=1)
         self.n = np.concatenate([self.n, np.zeros((2, 1))], axis=1)
         self._cache = None
 
@@ -110,29 +122,57 @@ class LatencyEstimates:
             self.n[TTFT, k] += 1
         self._cache = None
 
+    def forget(self, factor: float) -> None:
+        """Multiply every data weight by ``factor`` in (0, 1] (time-based forgetting)."""
+        if factor < 1.0:
+            self.h *= factor
+            self._cache = None
+
+    def _stats(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is None:
+            self._cache = quantile(self.h + self.prior, self.q), self.h.sum(axis=-1)
+        return self._cache
+
     def quantiles(self) -> np.ndarray:
         """(2, models): the configured quantile of time to first token and of total latency."""
-        if self._cache is None:
-            self._cache = quantile(self.h, self.q)
-        return self._cache
+        return self._stats()[0]
+
+    def weights(self) -> np.ndarray:
+        """(2, models): the data's decayed weight (effective observations), prior excluded."""
+        return self._stats()[1]
 
     def expected(self, stream: bool) -> np.ndarray:
         """Per model, the latency that matters to a request: time to first token when it streams,
         else the whole answer."""
-        return self.quantiles()[TTFT if stream else TOTAL]
+        return self._stats()[0][TTFT if stream else TOTAL]
 
     def sample(self, stream: bool, z: np.ndarray) -> np.ndarray:
         """A draw of each model's latency for one decision (``z``: standard normals, one per model)."""
         m = TTFT if stream else TOTAL
-        return self.quantiles()[m] * np.exp(self.uncertainty * z / np.sqrt(1.0 + self.n[m]))
+        q, w = self._stats()
+        return q[m] * np.exp(self.uncertainty * z / np.sqrt(1.0 + w[m]))
+
+    def merged(self, other: LatencyEstimates) -> LatencyEstimates:
+        """Another process's estimates of the same models folded in: data weights and counts add,
+        the prior is kept once."""
+        if other.h.shape != self.h.shape:
+            raise ValueError(f"latency merge: shapes differ ({self.h.shape} vs {other.h.shape})")
+        out = LatencyEstimates(quantile=self.q, decay=self.decay, prior_weight=self.prior_weight,
+                               prior_sigma=self.prior_sigma, uncertainty=self.uncertainty)
+        out.prior, out.h, out.n = self.prior.copy(), self.h + other.h, self.n + other.n
+        return out
 
     # -- state ---------------------------------------------------------------------------------
     def export_model(self, k: int) -> np.ndarray:
+        """Model ``k``'s state as float64: [count ttft, count total, ttft weights × BUCKETS, total
+        weights × BUCKETS] (the data only: the prior comes from the configuration)."""
         return np.concatenate([self.n[:, k], self.h[TTFT, k], self.h[TOTAL, k]])
 
     def import_model(self, k: int, v: np.ndarray) -> None:
         if len(v) != 2 + 2 * BUCKETS:
             raise ValueError(f"latency state: expected {2 + 2 * BUCKETS} numbers, got {len(v)}")
+        if not (np.isfinite(v).all() and (v >= 0).all()):
+            raise ValueError("latency state: weights must be finite and >= 0")
         self.n[:, k] = v[:2]
         self.h[TTFT, k] = v[2:2 + BUCKETS]
         self.h[TOTAL, k] = v[2 + BUCKETS:]
