@@ -1,8 +1,9 @@
 """The response cache: exact-match answers for deterministic requests, per tenant.
 
 A request is *cacheable* when it is deterministic: ``temperature`` is 0 (or the config opts every
-request in), it asks for one choice (``n`` absent or 1), and it is not streamed. Its key is a
-SHA-256 over
+request in) and it asks for one choice (``n`` absent or 1). Streamed or not, it shares its entry:
+a streamed answer is stored as the ChatCompletion it adds up to (when it is plain text), and a hit
+for a streamed request is replayed as chunks (see :func:`replay_chunks`). Its key is a SHA-256 over
 
 * the tenant (the client's API key identity, or its tenant name): an entry is never served to
   another tenant, since the key itself differs;
@@ -25,7 +26,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["CacheEntry", "ResponseCache", "cache_key", "cacheable"]
+__all__ = ["CacheEntry", "ResponseCache", "cache_key", "cacheable", "replay_chunks"]
 
 # Request fields that do not change the answer (and "router", our own hints).
 _IGNORED = frozenset({"stream", "stream_options", "router", "user", "metadata", "store"})
@@ -33,7 +34,7 @@ _IGNORED = frozenset({"stream", "stream_options", "router", "user", "metadata", 
 
 def cacheable(body: Mapping[str, Any], *, all_requests: bool = False) -> bool:
     """Whether a Chat Completions request is deterministic enough to answer from the cache."""
-    if body.get("stream") or body.get("n") not in (None, 1):
+    if body.get("n") not in (None, 1):
         return False
     if all_requests:
         return True
@@ -49,6 +50,29 @@ def cache_key(tenant: str, body: Mapping[str, Any], eligible: Iterable[str]) -> 
     h.update(b"\0")
     h.update(orjson.dumps(request, option=orjson.OPT_SORT_KEYS))
     return h.hexdigest()
+
+
+NOT_REPLAYED = ("tool_calls", "function_call", "audio")  # message parts a replayed stream would lose
+
+
+def replay_chunks(completion: Mapping[str, Any], *, include_usage: bool = False) -> list[dict[str, Any]] | None:
+    """A cached ChatCompletion as the stream chunks an upstream would have sent (OpenAI's format:
+    the role and content, then the finish reason, then usage if asked for), or None when it is not
+    plain text in one choice (tool calls are not replayed as a stream)."""
+    choices = completion.get("choices") or []
+    if len(choices) != 1:
+        return None
+    message = choices[0].get("message") or {}
+    if any(message.get(k) for k in NOT_REPLAYED) or not isinstance(message.get("content"), str):
+        return None
+    base = {"id": completion.get("id"), "object": "chat.completion.chunk", "created": completion.get("created"),
+            "model": completion.get("model")}
+    out = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": message["content"]},
+                                 "finish_reason": None}]},
+           {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choices[0].get("finish_reason") or "stop"}]}]
+    if include_usage and completion.get("usage"):
+        out.append({**base, "choices": [], "usage": completion["usage"]})
+    return out
 
 
 @dataclass(slots=True, frozen=True)

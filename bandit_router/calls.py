@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .cache import NOT_REPLAYED
 from .fallback import Attempt, Tries
 from .features import Message
 from .providers.base import Completion, Provider, StreamResult, UpstreamError, Usage
@@ -152,15 +153,21 @@ class Calling:
         return t is not None and t.learn
 
     async def stream(self, d: Decision, body: dict[str, Any], reference: dict[str, Any] | None = None, *,
-                     failed: list[Attempt] | None = None) -> AsyncIterator[bytes]:
+                     failed: list[Attempt] | None = None,
+                     answer: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
         """SSE lines for a streamed completion; usage and cost are recorded when the stream ends.
 
         Retries and fallbacks happen only before the first chunk is yielded; after it, an upstream
-        failure is raised to the caller, who ends the client's stream with an error event."""
+        failure is raised to the caller, who ends the client's stream with an error event.
+
+        ``answer`` (when given) receives the whole answer once the stream has ended properly, as a
+        ChatCompletion under ``"completion"``, if it was plain text in one choice (what the response
+        cache can replay); tool calls and several choices are not captured."""
         tries = self._tries(d, fallback=self._learns(d))
         if failed is not None:
             tries.attempts = failed
         text: list[str] = []
+        meta: dict[str, Any] = {"plain": True, "finish_reason": None}
         started = False  # something reached the client: too late to fall back
         result = StreamResult()
         capped = body
@@ -170,15 +177,24 @@ class Calling:
                 capped = self._cap_output(d, body)
                 held: list[bytes] = []  # chunks of one upstream read, sent to the client in one write
                 text.clear()
+                meta: dict[str, Any] = {"plain": True, "finish_reason": None}
                 tries.begin()
                 try:
                     async with contextlib.aclosing(self.providers[d.model].stream(capped, result)) as chunks:
                         async for chunk in chunks:
                             tries.first_chunk()
+                            meta.setdefault("id", chunk.get("id"))
+                            meta.setdefault("created", chunk.get("created"))
+                            meta.setdefault("model", chunk.get("model"))
                             for choice in chunk.get("choices") or ():
-                                piece = (choice.get("delta") or {}).get("content")
+                                delta = choice.get("delta") or {}
+                                piece = delta.get("content")
                                 if piece:
                                     text.append(piece)
+                                if choice.get("index", 0) != 0 or any(delta.get(k) for k in NOT_REPLAYED):
+                                    meta["plain"] = False  # tool calls, several choices: not replayable
+                                if choice.get("finish_reason"):
+                                    meta["finish_reason"] = choice["finish_reason"]
                             held.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
                             if not result.more:
                                 started = True
@@ -204,6 +220,15 @@ class Calling:
             if result.finished:
                 self.account(d, result.usage)
                 self.grade_later(d, capped["messages"], "".join(text), reference)
+                if answer is not None and meta["plain"]:
+                    u = result.usage
+                    answer["completion"] = {
+                        "id": meta.get("id"), "object": "chat.completion", "created": meta.get("created"),
+                        "model": meta.get("model"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                                     "finish_reason": meta["finish_reason"] or "stop"}],
+                        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                                  "total_tokens": u.prompt_tokens + u.completion_tokens}}
             else:
                 self._finish(d, status="failed")
         yield b"data: [DONE]\n\n"

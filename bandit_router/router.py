@@ -60,6 +60,8 @@ class Router:
         self._cats: dict[str, _Category] = {}
         self._epochs: dict[str, int] = {}  # per category: the arms' storage epoch last persisted
         self._rng = np.random.default_rng(self.settings.seed)
+        # latency draws have their own stream, so latency hints never shift the quality draws
+        self._lat_rng = np.random.default_rng((self.settings.seed, 1))
         self._z = np.zeros((0, 0))
         self._zi = 0
         h = self.settings.half_life_events
@@ -247,7 +249,7 @@ class Router:
         lat = met = None
         if latency_weight or max_latency_s is not None:
             lat = cat.lat.expected(stream)  # the point estimates, for the record
-            drawn = cat.lat.sample(stream, self._rng.standard_normal(len(lat)))  # what decides (exploring)
+            drawn = cat.lat.sample(stream, self._lat_rng.standard_normal(len(lat)))  # what decides (exploring)
             if latency_weight:
                 q = q - latency_weight * drawn
             if max_latency_s is not None:
@@ -265,15 +267,18 @@ class Router:
 
     # -- learning ----------------------------------------------------------------------------
     def _forget(self, cat: _Category, now: float | None, events: int = 1) -> None:
-        """Decay a category's sums for ``events`` feedback events and the time since its last decay."""
+        """Decay a category's sums for ``events`` feedback events and the time since its last decay
+        (the time part also decays its latency histograms, which otherwise forget per timed answer)."""
         hs = self.settings.half_life_seconds
         if events == 1 and (hs is None or now is None):
             cat.arms.decay(self._event_decay, self._log_event_decay)
             return
         log_g = self._log_event_decay * events
         if hs is not None and now is not None:
-            if cat.last_t is not None:
-                log_g -= math.log(2.0) * max(now - cat.last_t, 0.0) / hs
+            if cat.last_t is not None and now > cat.last_t:
+                log_t = -math.log(2.0) * (now - cat.last_t) / hs
+                log_g += log_t
+                cat.lat.forget(math.exp(log_t))
             cat.last_t = now if cat.last_t is None else max(now, cat.last_t)
         cat.arms.decay(math.exp(log_g), log_g)
 

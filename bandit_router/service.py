@@ -247,12 +247,13 @@ class Service(Calling):
             eligible = [m for m, ok in zip(self.router.models, serving, strict=True) if ok]
         return cache_key(tenant, body, eligible)
 
-    def cache_lookup(self, d: Decision, key: str) -> CacheEntry | None:
+    def cache_lookup(self, d: Decision, key: str, accept: Any = None) -> CacheEntry | None:
         """A hit answers the decision: it becomes a logged answer from the cache (no upstream call,
-        $0, not learned from); feedback on it is recorded but teaches nothing."""
+        $0, not learned from); feedback on it is recorded but teaches nothing. ``accept(entry)``:
+        whether the caller can use the entry (a stream cannot replay tool calls)."""
         assert self.cache is not None
         e = self.cache.get(key, time.time())
-        if e is None or e.model not in self.router.index:
+        if e is None or e.model not in self.router.index or (accept is not None and not accept(e)):
             return None
         t = self._entry(d.event_id)
         if t is not None:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from fleet import CODING, fleet_config, sim_client
 
-from bandit_router.cache import ResponseCache, cache_key, cacheable
+from bandit_router.cache import ResponseCache, cache_key, cacheable, replay_chunks
 from bandit_router.config import parse_config
 from bandit_router.server import make_app
 from bandit_router.server.keys import SERVICE
@@ -16,17 +16,31 @@ from bandit_router.server.keys import SERVICE
 # -- the pure part ---------------------------------------------------------------------------------
 
 
-def test_only_deterministic_single_unstreamed_requests_are_cacheable():
+def test_only_deterministic_single_choice_requests_are_cacheable():
     base = {"model": "auto", "messages": CODING}
     assert cacheable({**base, "temperature": 0})
     assert cacheable({**base, "temperature": 0.0, "n": 1})
     assert not cacheable(base)  # the provider's default temperature is not 0
     assert not cacheable({**base, "temperature": 0.7})
     assert not cacheable({**base, "temperature": False})  # a bool is not a temperature
-    assert not cacheable({**base, "temperature": 0, "stream": True})
+    assert cacheable({**base, "temperature": 0, "stream": True})  # replayed as chunks
     assert not cacheable({**base, "temperature": 0, "n": 2})
     assert cacheable({**base, "temperature": 0.7}, all_requests=True)
-    assert not cacheable({**base, "stream": True}, all_requests=True)
+    assert not cacheable({**base, "n": 3}, all_requests=True)
+
+
+def test_a_cached_completion_replays_as_openai_chunks_unless_it_holds_tool_calls():
+    done = {"id": "c1", "created": 5, "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"},
+                         "finish_reason": "stop"}]}
+    chunks = replay_chunks(done, include_usage=True)
+    assert [c["object"] for c in chunks] == ["chat.completion.chunk"] * 3
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "hi there"}
+    assert chunks[1]["choices"][0]["finish_reason"] == "stop" and chunks[2]["usage"]["completion_tokens"] == 2
+    assert len(replay_chunks(done)) == 2
+    tools = {**done, "choices": [{"index": 0, "message": {"role": "assistant", "content": None,
+                                                          "tool_calls": [{"id": "t"}]}, "finish_reason": "tool_calls"}]}
+    assert replay_chunks(tools) is None
 
 
 def test_the_key_is_scoped_by_tenant_and_eligible_models_and_ignores_what_does_not_change_the_answer():
@@ -191,3 +205,50 @@ async def test_the_cache_can_be_turned_off(sim, aiohttp_client, tmp_path):
         r = await client.post("/v1/chat/completions", json=DET)
         assert r.status == 200 and "X-Router-Cache" not in r.headers
     assert app[SERVICE].cache is None
+
+
+def _sse_text(raw: bytes) -> str:
+    import json
+
+    out = []
+    for line in raw.decode().split("\n\n"):
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for c in json.loads(line[6:]).get("choices") or ():
+                out.append((c.get("delta") or {}).get("content") or "")
+    return "".join(out)
+
+
+@pytest.mark.asyncio
+async def test_streamed_requests_share_the_cache_both_ways(sim, aiohttp_client, tmp_path):
+    client, _ = await _router(aiohttp_client, tmp_path, sim.port)
+    streamed = {**DET, "stream": True}
+    r = await client.post("/v1/chat/completions", json=streamed)
+    assert r.status == 200 and r.headers["X-Router-Cache"] == "miss"
+    first = await r.read()
+    assert first.endswith(b"data: [DONE]\n\n")
+    calls = await _upstream_calls(sim)
+    r = await client.post("/v1/chat/completions", json=streamed)  # stored from the stream, replayed
+    assert r.status == 200 and r.headers["X-Router-Cache"] == "hit"
+    again = await r.read()
+    assert _sse_text(again) == _sse_text(first) != "" and again.endswith(b"data: [DONE]\n\n")
+    r = await client.post("/v1/chat/completions", json=DET)  # the same entry answers a plain request
+    body = await r.json()
+    assert r.headers["X-Router-Cache"] == "hit" and body["choices"][0]["message"]["content"] == _sse_text(first)
+    assert await _upstream_calls(sim) == calls
+
+    # and the other way round, through the official SDK: a plain answer replayed to a stream
+    import openai
+
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    other = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+    plain = await sdk.chat.completions.create(model="auto", messages=other, temperature=0)
+    calls = await _upstream_calls(sim)
+    stream = await sdk.chat.completions.create(model="auto", messages=other, temperature=0, stream=True,
+                                               stream_options={"include_usage": True})
+    pieces, usage = [], None
+    async for chunk in stream:
+        pieces += [c.delta.content or "" for c in chunk.choices]
+        usage = chunk.usage or usage
+    assert "".join(pieces) == plain.choices[0].message.content and usage.completion_tokens > 0
+    assert await _upstream_calls(sim) == calls
+    await sdk.close()

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from feedback import SignalError, parse_feedback
 
+from ..cache import replay_chunks
 from ..config import LOCALITY_PATTERN
 from ..fallback import Attempt
 from ..locality import LocalityError
@@ -174,20 +175,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(422, str(e), param="router.category", code="too_many_categories")
     except LocalityError as e:
         return error(e.status, str(e), param="router.locality", code="locality_unavailable")
-    if req.stream:
-        return await _stream(request, service, d, body, hints)
     key = service.cache_key(d, body, hints.tenant)
     cache = None  # what the cache did: "hit", "miss" or "bypass" (None: the request is not cacheable)
     if key is not None:
         cache = "bypass" if request.headers.get("X-Router-Cache", "").lower() in CACHE_BYPASS else "miss"
+        if cache == "bypass" and service.cache is not None:
+            service.cache.bypasses += 1
+    if req.stream:
+        if key is not None and cache == "miss":
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks: list[dict[str, Any]] = []
+
+            def replayable(e: Any) -> bool:
+                chunks.extend(replay_chunks(orjson.loads(e.body), include_usage=usage) or ())
+                return bool(chunks)
+            if service.cache_lookup(d, key, accept=replayable) is not None:
+                return await _replay(request, d, hints, chunks)
+        return await _stream(request, service, d, body, hints, key, cache)
     if key is not None and cache == "miss" and (hit := service.cache_lookup(d, key)) is not None:
         out = orjson.loads(hit.body)
         out["router"] = {"event_id": d.event_id, "category": d.category, "model": d.model, "cost_usd": 0.0,
                          "cache": "hit"}
         return web.Response(body=orjson.dumps(out), content_type="application/json",
                             headers={**_headers(d, None, hints), "X-Router-Cache": "hit"})
-    elif cache == "bypass" and service.cache is not None:
-        service.cache.bypasses += 1
     failed: list[Attempt] = []
     try:
         done, cost = await service.complete(d, body, hints.reference, failed=failed)
@@ -244,19 +254,34 @@ def _sse_error(message: str, type_: str, code: str) -> bytes:
                                                "code": code}}) + b"\n\n"
 
 
+async def _replay(request: web.Request, d: Decision, hints: Hints, chunks: list[dict[str, Any]]) -> web.StreamResponse:
+    """A cache hit for a streamed request: the stored answer as chunks, then [DONE]."""
+    resp = web.StreamResponse(headers={**_headers(d, None, hints), "X-Router-Cache": "hit",
+                                       "Cache-Control": "no-cache", "Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
 async def _stream(request: web.Request, service: Service, d: Decision, body: dict[str, Any],
-                  hints: Hints) -> web.StreamResponse:
+                  hints: Hints, key: str | None = None, cache: str | None = None) -> web.StreamResponse:
     """SSE out. Headers go with the first chunk, so they name the model that answered (after any
-    fallback); a failure after that ends the stream with an OpenAI error event, then [DONE]."""
+    fallback); a failure after that ends the stream with an OpenAI error event, then [DONE]. With a
+    cache ``key``, a stream that ended properly with plain text is stored as its ChatCompletion."""
     failed: list[Attempt] = []
-    lines = service.stream(d, body, hints.reference, failed=failed)
+    answer: dict[str, Any] | None = {} if key is not None else None
+    lines = service.stream(d, body, hints.reference, failed=failed, answer=answer)
     resp: web.StreamResponse | None = None
     try:
         try:
             async for line in lines:
                 if resp is None:
-                    resp = web.StreamResponse(headers={**_headers(d, failed, hints), "Cache-Control": "no-cache",
-                                                       "Content-Type": "text/event-stream"})
+                    headers = {**_headers(d, failed, hints), "Cache-Control": "no-cache",
+                               "Content-Type": "text/event-stream"}
+                    if cache is not None:
+                        headers["X-Router-Cache"] = cache
+                    resp = web.StreamResponse(headers=headers)
                     await resp.prepare(request)
                 await resp.write(line)
         except UpstreamError as e:
@@ -274,6 +299,8 @@ async def _stream(request: web.Request, service: Service, d: Decision, body: dic
             await resp.write(b"data: [DONE]\n\n")
         assert resp is not None
         await resp.write_eof()
+        if key is not None and answer and "completion" in answer:
+            service.cache_store(key, d, orjson.dumps(answer["completion"]), hints.tenant)
     except ConnectionResetError:
         pass  # the client went away mid-stream: nobody to answer, and not a server error
     finally:
