@@ -116,7 +116,7 @@ class Service(Calling):
         c = config.cache
         self.cache = ResponseCache(max_entries=c.max_entries, ttl_s=c.ttl_s) if c.enabled else None
         self.pacers = Pacers(config.budget.usd_per_day, config.budget.tenants)
-        self.metrics: Any = None  # server.metrics.Metrics: decided(d), cost(d, usd), feedback(source)
+        self.metrics: Any = None  # server.metrics.Metrics: decided(d, locality), cost(d, usd), feedback(source)
 
     # -- deciding ----------------------------------------------------------------------------
     def decide(self, messages: Sequence[Message], hints: Hints, *, model: str | None = None,
@@ -159,7 +159,7 @@ class Service(Calling):
             self._inflight[event_id] = t  # kept until its row is written, whatever the LRU evicts
         self._track(event_id, t)
         if self.metrics is not None:
-            self.metrics.decided(d)
+            self.metrics.decided(d, hints.locality)
         return d
 
     @staticmethod

@@ -186,3 +186,5 @@ async def test_nothing_marked_local_reaches_a_non_local_upstream(fleet, sim):
     assert judge["withheld"] >= 5 and judge["graded"] >= 1  # local answers were never sent to the cloud judge
     assert not rec.saw(MARK) and not rec.saw(SECRET) and not rec.saw("TCK-4821")
     assert not rec.saw("jane.doe")  # not even part of it
+    metrics = await (await client.get("/metrics")).text()
+    assert 'bandit_router_locality_decisions_total{locality="local"}' in metrics

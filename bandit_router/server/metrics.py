@@ -18,6 +18,8 @@ At scrape time (no per-request cost): ``bandit_router_traffic_share{category,mod
 start), ``bandit_router_posterior_quality_mean{category,model}``, ``bandit_router_breaker_state{model}``
 (0 closed, 1 half-open, 2 open), ``bandit_router_storage_queue_depth``, and with the response cache on,
 ``bandit_router_cache_requests{result}`` (hit, miss, bypass) and ``bandit_router_cache_entries``.
+Counted by the service's hooks too: ``bandit_router_deadline_decisions{met}`` (requests with a latency
+deadline) and ``bandit_router_locality_decisions{locality}`` (requests restricted to a locality).
 
 Labels are bounded: models are the configured ones, categories are bounded by the router, statuses are
 HTTP codes, and feedback sources map to ``user``, ``grader:<configured grader>``, ``grader:other`` or
@@ -104,6 +106,8 @@ class Metrics:
                                   "time, non-streamed requests answered by one upstream call",
                                   buckets=OVERHEAD_BUCKETS, registry=self.registry)
         self.decisions: dict[tuple[str, str], int] = {}
+        self.deadlines = {True: 0, False: 0}  # decisions with a deadline: met / missed
+        self.localities: dict[str, int] = {}  # decisions restricted to a locality
         self.costs: dict[tuple[str, str], float] = {}
         self.feedbacks: dict[str, int] = {}
         self.known_sources: frozenset[str] = frozenset({"user"})
@@ -111,9 +115,13 @@ class Metrics:
         self.registry.register(_ScrapeCollector(self))
 
     # -- service hooks (called by Service when ``service.metrics`` is set) ---------------------
-    def decided(self, d: Any) -> None:
+    def decided(self, d: Any, locality: str | None = None) -> None:
         key = (d.category, d.model)
         self.decisions[key] = self.decisions.get(key, 0) + 1
+        if d.deadline_met is not None:
+            self.deadlines[d.deadline_met] += 1
+        if locality is not None:  # a configured tag: the decision fails before this for any other
+            self.localities[locality] = self.localities.get(locality, 0) + 1
 
     def cost(self, d: Any, usd: float) -> None:
         key = (d.category, d.model)
@@ -168,7 +176,15 @@ class _ScrapeCollector(Collector):
         fb = CounterMetricFamily("bandit_router_feedback", "Feedback signals by source", labels=["source"])
         for source, n in sorted(m.feedbacks.items()):
             fb.add_metric([source], n)
-        yield from (dec, share, cost, fb)
+        dl = CounterMetricFamily("bandit_router_deadline_decisions", "Decisions asked for a latency deadline, by "
+                                 "whether an eligible model was expected to meet it", labels=["met"])
+        for met, n in m.deadlines.items():
+            dl.add_metric(["true" if met else "false"], n)
+        loc = CounterMetricFamily("bandit_router_locality_decisions", "Decisions restricted to a locality "
+                                  "(asked for, or personal data detected)", labels=["locality"])
+        for tag, n in sorted(m.localities.items()):
+            loc.add_metric([tag], n)
+        yield from (dec, share, cost, fb, dl, loc)
         service = m.service
         if service is None:
             return
