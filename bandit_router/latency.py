@@ -97,7 +97,8 @@ class LatencyEstimates:
         self.h = np.zeros((2, 0, BUCKETS))
         self.prior = np.zeros((2, 0, BUCKETS))
         self.n = np.zeros((2, 0))
-        self._cache: tuple[np.ndarray, np.ndarray] | None = None  # (quantiles, data weights), (2, models)
+        # (quantiles, data weights, the draws' log-sd), each (2, models), until the next observation
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def add_model(self, ttft_s: float, total_s: float) -> None:
         rows = np.stack([_prior_row(ttft_s, self.prior_sigma, self.prior_weight),
@@ -128,9 +129,10 @@ class LatencyEstimates:
             self.h *= factor
             self._cache = None
 
-    def _stats(self) -> tuple[np.ndarray, np.ndarray]:
+    def _stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._cache is None:
-            self._cache = quantile(self.h + self.prior, self.q), self.h.sum(axis=-1)
+            w = self.h.sum(axis=-1)
+            self._cache = quantile(self.h + self.prior, self.q), w, self.uncertainty / np.sqrt(1.0 + w)
         return self._cache
 
     def quantiles(self) -> np.ndarray:
@@ -149,8 +151,8 @@ class LatencyEstimates:
     def sample(self, stream: bool, z: np.ndarray) -> np.ndarray:
         """A draw of each model's latency for one decision (``z``: standard normals, one per model)."""
         m = TTFT if stream else TOTAL
-        q, w = self._stats()
-        return q[m] * np.exp(self.uncertainty * z / np.sqrt(1.0 + w[m]))
+        q, _, sd = self._stats()
+        return q[m] * np.exp(z * sd[m])
 
     def merged(self, other: LatencyEstimates) -> LatencyEstimates:
         """Another process's estimates of the same models folded in: data weights and counts add,

@@ -26,3 +26,23 @@ def choose(sampled_quality: np.ndarray, expected_cost: np.ndarray, cost_weight: 
     if score[k] == -np.inf or score[k] != score[k]:
         raise NoEligibleModel("no eligible model: every model is disabled, excluded or over a limit")
     return k, score
+
+
+def apply_deadline(penalty: np.ndarray, drawn: np.ndarray, estimate: np.ndarray,
+                   max_latency: float) -> tuple[np.ndarray, bool]:
+    """A latency deadline on top of ``penalty``: (the new penalty, whether any eligible model meets it).
+
+    Models whose ``drawn`` latency exceeds ``max_latency`` become ineligible. When that leaves none of
+    the eligible models, only the fastest eligible one by ``estimate`` stays, and the deadline is not
+    met. ``penalty`` is never changed in place.
+    """
+    late = drawn > max_latency
+    if not late.any():
+        return penalty, True
+    on_time = np.where(late, -np.inf, penalty)
+    if on_time.max() > -np.inf or penalty.max() == -np.inf:
+        return on_time, True
+    k = int(np.where(penalty > -np.inf, estimate, np.inf).argmin())
+    only = np.full(len(penalty), -np.inf)
+    only[k] = penalty[k]
+    return only, False

@@ -19,7 +19,7 @@ from .costs import OutputTokens, Price, PriceTable
 from .decision import BanditSettings, Decision, ModelSpec, TooManyCategories
 from .features import DIM, Message, estimate_tokens, featurize
 from .latency import LatencyEstimates
-from .policy import NoEligibleModel, choose
+from .policy import NoEligibleModel, apply_deadline, choose
 from .posterior import ArmPosteriors, Posterior
 
 __all__ = ["BanditSettings", "Decision", "ModelSpec", "NoEligibleModel", "Router", "TooManyCategories"]
@@ -62,6 +62,8 @@ class Router:
         self._rng = np.random.default_rng(self.settings.seed)
         # latency draws have their own stream, so latency hints never shift the quality draws
         self._lat_rng = np.random.default_rng((self.settings.seed, 1))
+        self._lz = np.zeros((0, 0))
+        self._lzi = 0
         self._z = np.zeros((0, 0))
         self._zi = 0
         h = self.settings.half_life_events
@@ -95,6 +97,7 @@ class Router:
         for cat in self._cats.values():
             self._add_arm(cat, spec)
         self._z = np.zeros((0, len(self.specs)))
+        self._lz = np.zeros((0, len(self.specs)))
         self._refresh_costs()
 
     def _refresh_costs(self, cat: _Category | None = None) -> None:
@@ -226,9 +229,9 @@ class Router:
         ``latency_quantile`` of its time to first token (``stream``) or of its whole answer. The score
         loses ``latency_weight`` × that (quality points per second); with ``max_latency_s``, models
         expected to take longer are not eligible, and when that leaves none, the fastest eligible model
-        is chosen and the decision says ``deadline_met=False``. Both use a draw around the estimate
-        that narrows as a model's latency is observed (see :mod:`bandit_router.latency`), so a model
-        whose latency is still unknown gets tried."""
+        is chosen (the lowest estimate) and the decision says ``deadline_met=False``. The weight and
+        the deadline test use a draw around the estimate that narrows as a model's latency is observed
+        (see :mod:`bandit_router.latency`), so a model whose latency is still unknown gets tried."""
         cat = self._cats.get(category) or self._category(category)
         if self._zi >= len(self._z):
             self._z = self._rng.standard_normal((1024, len(self.specs)))
@@ -249,17 +252,15 @@ class Router:
         lat = met = None
         if latency_weight or max_latency_s is not None:
             lat = cat.lat.expected(stream)  # the point estimates, for the record
-            drawn = cat.lat.sample(stream, self._lat_rng.standard_normal(len(lat)))  # what decides (exploring)
+            if self._lzi >= len(self._lz):
+                self._lz = self._lat_rng.standard_normal((1024, len(self.specs)))
+                self._lzi = 0
+            drawn = cat.lat.sample(stream, self._lz[self._lzi])  # what decides (exploring)
+            self._lzi += 1
             if latency_weight:
                 q = q - latency_weight * drawn
             if max_latency_s is not None:
-                ok = np.isfinite(penalty)
-                fast = ok & (drawn <= max_latency_s)
-                met = bool(fast.any())
-                if not met and ok.any():  # nobody meets the deadline: the fastest of those eligible
-                    fast = np.zeros(len(lat), dtype=bool)
-                    fast[int(np.where(ok, drawn, np.inf).argmin())] = True
-                penalty = np.where(fast, penalty, -np.inf)
+                penalty, met = apply_deadline(penalty, drawn, lat, max_latency_s)
         k, scores = choose(q, costs, w, penalty)
         return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), float(costs[k]), w,
                         scores, costs, event_id, timestamp, None, None, sd, z, self.settings.explore,
@@ -397,7 +398,10 @@ class Router:
             elif kind == "latency":
                 category, _, model = rest.partition(":")
                 if model in self.index:
-                    self._category(category).lat.import_model(self.index[model], v)
+                    try:
+                        self._category(category).lat.import_model(self.index[model], v)
+                    except ValueError:  # another layout (other buckets) or damaged: the estimate re-learns
+                        pass
             elif kind == "arm":
                 category, _, model = rest.partition(":")
                 if model not in self.index:
