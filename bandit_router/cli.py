@@ -44,7 +44,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                          hide_category=args.hide_category, drift=drift, settings=settings,
                          peers=tuple(p for p in args.peers.split(",") if p), features=args.features,
                          budget=args.budget)
-    if args.budget is not None and not args.budget > 0:
+    if args.budget is not None and not 0 < args.budget < float("inf"):
         raise SystemExit("replay: --budget must be a positive number of dollars per request")
     total = table.n if args.once else args.steps
     bar, progress = _progress_bar(total, "replay")

@@ -212,15 +212,15 @@ class BudgetConfig(_Strict):
     """Daily spend budgets per tenant, paced (bandit_router.pacing.DayPacer): as spend runs ahead of the
     day's pace the cost weight rises, and it relaxes when spend is under pace."""
 
-    usd_per_day: float | None = Field(None, gt=0.0, description="every tenant's budget (null: none)")
+    usd_per_day: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="every tenant's budget (null: none)")
     tenants: dict[str, float] = Field(default_factory=dict, description="tenant -> $ per day (overrides)")
 
     @field_validator("tenants")
     @classmethod
     def _positive(cls, v: dict[str, float]) -> dict[str, float]:
         for name, usd in v.items():
-            if not usd > 0:
-                raise ValueError(f"{name}: {usd!r} must be a positive number of dollars per day")
+            if not 0 < usd < float("inf"):
+                raise ValueError(f"{name}: {usd!r} must be a positive, finite number of dollars per day")
         return v
 
 

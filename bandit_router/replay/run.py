@@ -72,7 +72,7 @@ class ReplayOptions:
     settings: BanditSettings | None = None
     features: str = "full"  # "full" (d=32), "dense" (no hashed words) or "intercept" (a plain MAB)
     budget: float | None = None  # $ per request: the cost weight is a pacer's (pacing.RequestPacer), not fixed
-    budget_step: float = 0.02
+    budget_step: float | None = None  # the pacer's step η (None: RequestPacer's default)
 
 
 @dataclass
@@ -224,7 +224,10 @@ def run(table: Table, opts: ReplayOptions, *, warm: Table | None = None,
     ev = 0
     eligible: np.ndarray | None = None
     perf = time.perf_counter_ns
-    pacer = None if opts.budget is None else RequestPacer(opts.budget, step=opts.budget_step)
+    pacer = None
+    if opts.budget is not None:
+        step = {} if opts.budget_step is None else {"step": opts.budget_step}
+        pacer = RequestPacer(opts.budget, **step)
     weights = np.full(t_steps, w)
     for t in range(t_steps):
         while ev < len(events) and events[ev].step <= t:
