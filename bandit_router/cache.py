@@ -9,8 +9,10 @@ for a streamed request is replayed as chunks (see :func:`replay_chunks`). Its ke
   another tenant, since the key itself differs;
 * the normalised request: the body's JSON with sorted keys, without the fields that do not change
   the answer (``stream``, ``stream_options``, ``router``, ``user``, ``metadata``, ``store``);
-* the eligible model set of the decision (sorted names), so a request whose constraints (category,
-  locality, a deadline, a disabled model) allow other models does not get their answers.
+* the eligible model set of the request (sorted names): the models its own constraints allow
+  (category, locality, enabled models, the model it named), so a request whose constraints allow
+  other models does not get their answers. What changes by the moment (open breakers, a latency
+  deadline) and ``max_cost_usd`` are not part of it: a cached answer costs nothing and takes no time.
 
 :class:`ResponseCache` is the in-memory index: LRU order, a TTL and a size cap. It does no I/O;
 the service writes entries to the store through the writer and loads them back at start-up.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,11 +106,15 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str, now: float) -> CacheEntry | None:
+    def get(self, key: str, now: float, accept: Callable[[CacheEntry], bool] | None = None) -> CacheEntry | None:
+        """The live entry for ``key``, if ``accept(entry)`` (when given) takes it: only then is it a hit."""
         e = self._entries.get(key)
         if e is None or e.expires <= now:
             if e is not None:
                 del self._entries[key]
+            self.misses += 1
+            return None
+        if accept is not None and not accept(e):
             self.misses += 1
             return None
         self._entries.move_to_end(key)

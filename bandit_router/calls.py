@@ -49,21 +49,28 @@ class Calling:
 
     # defined by the service: write a decision's row with its outcome; a decision it still holds;
     # which graders may see a request of this locality
-    _finish: Callable[..., None]
+    _finish: Callable[..., Any]
     _entry: Callable[[str | None], Any]
-    _judge_allowed: Callable[[str | None], Any]
-    _charge: Callable[[Decision, float], None]
+    _judge_allowed: Callable[[Any], Any]
+    _charge: Callable[[Any, float], None]
 
     # -- completing --------------------------------------------------------------------------
-    def account(self, d: Decision, usage: Usage, status: str = "completed") -> float:
+    def account(self, d: Decision, usage: Usage, status: str = "completed", *,
+                graded: tuple[Sequence[Message], str | None, dict[str, Any] | None] | None = None) -> float:
+        """The call ended: its row written with cost and tokens, the cost charged to its tenant's
+        budget and, with ``graded`` (messages, answer, reference), the category's graders scheduled.
+        One step, so what the budget and the graders need (the tenant, the locality) is read from
+        the decision's entry as it leaves the in-flight set, whatever the LRU has evicted since."""
         price = self.router.prices[d.model]
         cost = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         if usage.completion_tokens:
             self.router.observe_output(d, usage.completion_tokens)
-        self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
-        self._charge(d, cost)
+        t = self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
+        self._charge(t, cost)
         if self.metrics is not None:
             self.metrics.cost(d, cost)
+        if graded is not None:
+            self._grade_later(d, t, *graded)
         return cost
 
     def _cap_output(self, d: Decision, body: dict[str, Any]) -> dict[str, Any]:
@@ -85,13 +92,13 @@ class Calling:
         text = ((done.body.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
         return text, self.router.prices[model].cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 
-    def grade_later(self, d: Decision, messages: Sequence[Message], answer: str | None,
-                    reference: dict[str, Any] | None) -> None:
-        """Run the category's graders in the background; their results arrive as feedback."""
+    def _grade_later(self, d: Decision, t: Any, messages: Sequence[Message], answer: str | None,
+                     reference: dict[str, Any] | None) -> None:
+        """Run the category's graders in the background; their results arrive as feedback. ``t``
+        is the decision's entry: no LLM judge outside its locality sees the request."""
         if answer is not None and d.event_id:
-            t = self._entry(d.event_id)
             self.grading.schedule(d.event_id, d.category, d.model, messages, answer, reference, self.feedback,
-                                  keep=self._judge_allowed(t.locality if t is not None else None))
+                                  keep=self._judge_allowed(t))
 
     def _tries(self, d: Decision, fallback: bool) -> Tries:
         return Tries(d, self.breakers, self.config.reliability, switch=self._switch,
@@ -142,9 +149,9 @@ class Calling:
                 raise
             tries.succeeded()
             break
-        cost = self.account(d, done.usage)
         choices = done.body.get("choices") or [{}]
-        self.grade_later(d, capped["messages"], (choices[0].get("message") or {}).get("content"), reference)
+        answer = (choices[0].get("message") or {}).get("content")
+        cost = self.account(d, done.usage, graded=(capped["messages"], answer, reference))
         return done, cost
 
     def _learns(self, d: Decision) -> bool:
@@ -218,8 +225,7 @@ class Calling:
                 break
         finally:
             if result.finished:
-                self.account(d, result.usage)
-                self.grade_later(d, capped["messages"], "".join(text), reference)
+                self.account(d, result.usage, graded=(capped["messages"], "".join(text), reference))
                 if answer is not None and meta["plain"]:
                     u = result.usage
                     answer["completion"] = {

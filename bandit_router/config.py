@@ -189,7 +189,8 @@ class CacheConfig(_Strict):
     enabled: bool = True
     ttl_s: float = Field(3600.0, gt=0.0, description="an entry is served this long after it was stored")
     max_entries: int = Field(10_000, ge=1, description="least recently used entries are evicted beyond this")
-    all_requests: bool = Field(False, description="cache every non-streamed request, not only temperature 0")
+    all_requests: bool = Field(False, description="cache every single-choice request (streamed or not), "
+                                                  "not only temperature 0")
 
 
 class SensitiveConfig(_Strict):
@@ -212,7 +213,8 @@ class BudgetConfig(_Strict):
     """Daily spend budgets per tenant, paced (bandit_router.pacing.DayPacer): as spend runs ahead of the
     day's pace the cost weight rises, and it relaxes when spend is under pace."""
 
-    usd_per_day: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="every tenant's budget (null: none)")
+    usd_per_day: float | None = Field(None, gt=0.0, allow_inf_nan=False,
+                                      description="every tenant's budget (null: none)")
     tenants: dict[str, float] = Field(default_factory=dict, description="tenant -> $ per day (overrides)")
 
     @field_validator("tenants")

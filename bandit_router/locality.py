@@ -2,8 +2,10 @@
 
 Models carry a locality tag in the config (``local``, or a region such as ``eu``; untagged models
 have none). A request is *restricted* to a locality when it says so (``router.locality`` or the
-``X-Router-Locality`` header), or when the :class:`SensitiveDataDetector` finds personal data in it
-and the config routes such requests somewhere (``locality.sensitive.route_to``). A restricted
+``X-Router-Locality`` header), or when the :class:`SensitiveDataDetector` finds personal data
+anywhere in it (message text, names, tool-call arguments, tool definitions) and the config routes
+such requests somewhere (``locality.sensitive.route_to``); personal data in a request that asked
+for another locality is refused. A restricted
 request is routed only among models with that tag: the decision, its retries and its fallbacks
 all draw from that set. When no such model may serve it, it fails closed (:class:`LocalityError`).
 
@@ -20,7 +22,7 @@ import numpy as np
 import regex
 
 __all__ = ["BUILTIN_DETECTORS", "LocalityError", "LocalityPolicy", "SensitiveDataDetector", "locality_mask",
-           "message_text"]
+           "request_text"]
 
 
 class LocalityError(Exception):
@@ -67,15 +69,21 @@ BUILTIN_DETECTORS: dict[str, tuple[re.Pattern[str], Any]] = {
 }
 
 
-def message_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The text of a chat request's messages (string contents and text parts), newline-joined."""
+def request_text(payload: Any) -> str:
+    """Every string in a request, newline-joined: message contents and text parts, but also names,
+    tool-call arguments, tool definitions, everything a provider would receive. Our own hints (a
+    top-level ``router`` field) are not sent upstream and are left out."""
     parts: list[str] = []
-    for m in messages:
-        c = m.get("content")
-        if isinstance(c, str):
-            parts.append(c)
-        elif isinstance(c, list):
-            parts.extend(p["text"] for p in c if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+    stack = [payload]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            parts.append(v)
+        elif isinstance(v, Mapping):
+            stack.extend(x for k, x in v.items() if not (v is payload and k == "router"))
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    parts.reverse()
     return "\n".join(parts)
 
 
@@ -115,8 +123,9 @@ class SensitiveDataDetector:
                 found.append(name)
         return found
 
-    def find_in(self, messages: Sequence[Mapping[str, Any]]) -> list[str]:
-        return self.find(message_text(messages))
+    def find_in(self, payload: Any) -> list[str]:
+        """The kinds of sensitive data anywhere in a request (or its messages): see :func:`request_text`."""
+        return self.find(request_text(payload))
 
 
 def locality_mask(localities: Sequence[str | None], wanted: str) -> np.ndarray:
@@ -136,13 +145,21 @@ class LocalityPolicy:
         self.route_to = route_to
         self.detector = detector if route_to is not None else None
 
-    def restrict(self, messages: Sequence[Mapping[str, Any]], asked: str | None) -> tuple[str | None, list[str]]:
-        """The request's locality (the one asked for, else ``route_to`` when the detector finds
-        personal data) and what the detector found."""
-        if asked is not None or self.detector is None:
+    def restrict(self, payload: Any, asked: str | None) -> tuple[str | None, list[str]]:
+        """The request's locality and what the detector found in ``payload`` (the request, or its
+        messages). With personal data in it, the locality is ``route_to``; a request that asked for
+        another locality is refused (:class:`LocalityError`, 422) rather than sent where the
+        operator's rule for personal data does not allow. Without, it is the one asked for (or none)."""
+        if self.detector is None:
             return asked, []
-        found = self.detector.find_in(messages)
-        return (self.route_to if found else None), found
+        found = self.detector.find_in(payload)
+        if not found:
+            return asked, []
+        if asked is not None and asked != self.route_to:
+            raise LocalityError(f"locality: this request asks for locality {asked!r}, but it holds personal data "
+                                f"({', '.join(found)}), which this router sends only to models with locality "
+                                f"{self.route_to!r}; ask for {self.route_to!r} or remove the data")
+        return self.route_to, found
 
     def mask(self, models: Sequence[str], locality: str) -> np.ndarray:
         """Per model (in ``models`` order): tagged ``locality``. Raises :class:`LocalityError` (422)

@@ -172,8 +172,9 @@ class Service(Calling):
                            score_moments=None if (m := d.moments()) is None else m.tobytes(), tenant=t.tenant,
                            **fields)
 
-    def _finish(self, d: Decision, **fields: Any) -> None:
-        """Write the decision row with its outcome (or update it, when it was written at decision time)."""
+    def _finish(self, d: Decision, **fields: Any) -> _Tracked | None:
+        """Write the decision row with its outcome (or update it, when it was written at decision time).
+        Returns the decision's entry (its tenant and locality), which it drops from the in-flight set."""
         t = self._inflight.pop(d.event_id or "", None) or self._tracked.get(d.event_id or "")
         try:
             if t is not None and not t.recorded:
@@ -187,6 +188,7 @@ class Service(Calling):
         # only a fallback and the logged moments needed these: keep the tracked decision small
         d.scores = d.costs = _NONE
         d.draw_sd = d.draw_z = None
+        return t
 
     def _entry(self, event_id: str | None) -> _Tracked | None:
         """A decision this process still holds: in flight (kept whatever the LRU evicts) or recent."""
@@ -205,10 +207,9 @@ class Service(Calling):
         base = self.router.settings.cost_weight if hints.cost_weight is None else hints.cost_weight
         return self.pacers.cost_weight(hints.tenant, base, now)
 
-    def _charge(self, d: Decision, usd: float) -> None:
-        """An upstream call's cost, against its tenant's budget."""
+    def _charge(self, t: _Tracked | None, usd: float) -> None:
+        """An upstream call's cost, against its tenant's budget (``t``: the decision's entry)."""
         if self.pacers:
-            t = self._entry(d.event_id)
             self.pacers.spend(t.tenant if t is not None and t.tenant else "default", usd, time.time())
 
     def budget(self, tenant: str) -> dict[str, Any] | None:
@@ -217,17 +218,22 @@ class Service(Calling):
         return None if p is None else {"tenant": tenant, **p.snapshot(time.time())}
 
     # -- locality ----------------------------------------------------------------------------
-    def restrict(self, messages: Sequence[Message], hints: Hints) -> list[str]:
-        """Apply the sensitive-data detector: when it finds personal data (and no locality was asked
-        for), the request is restricted to ``locality.sensitive.route_to``. Returns what it found."""
-        hints.locality, found = self.locality.restrict(messages, hints.locality)
+    def restrict(self, payload: Any, hints: Hints) -> list[str]:
+        """Apply the sensitive-data detector to the request (everything sent upstream): when it finds
+        personal data, the request is restricted to ``locality.sensitive.route_to`` (raises
+        :class:`LocalityError` when it asked for another locality). Returns what it found."""
+        hints.locality, found = self.locality.restrict(payload, hints.locality)
         return found
 
-    def _judge_allowed(self, locality: str | None) -> Any:
+    def _judge_allowed(self, t: _Tracked | None) -> Any:
         """For a restricted request: only graders that send nothing outside its locality (a judge
-        sends the request to its model or an alternate)."""
-        if locality is None:
+        sends the request to its model or an alternate). A decision whose entry is unknown fails
+        closed: no LLM judge sees it."""
+        if t is None:
+            return lambda g: not isinstance(g, LLMJudgeGrader)
+        if t.locality is None:
             return None
+        locality = t.locality
         return lambda g: not isinstance(g, LLMJudgeGrader) or self.locality.within(locality, (g.model, *g.alternates))
 
     # -- the response cache ------------------------------------------------------------------
@@ -245,15 +251,24 @@ class Service(Calling):
             if t is not None and t.locality is not None:
                 serving &= self.locality.mask(self.router.models, t.locality)
             eligible = [m for m, ok in zip(self.router.models, serving, strict=True) if ok]
-        return cache_key(tenant, body, eligible)
+        try:
+            return cache_key(tenant, body, eligible)
+        except orjson.JSONEncodeError:  # (a body orjson cannot write back, e.g. nested too deep): not cached
+            return None
+
+    def abandon(self, d: Decision) -> None:
+        """A request that failed on our side before its call ended: its decision is written as failed
+        (a no-op once the call has ended)."""
+        if (d.event_id or "") in self._inflight:
+            self._finish(d, status="failed")
 
     def cache_lookup(self, d: Decision, key: str, accept: Any = None) -> CacheEntry | None:
         """A hit answers the decision: it becomes a logged answer from the cache (no upstream call,
         $0, not learned from); feedback on it is recorded but teaches nothing. ``accept(entry)``:
         whether the caller can use the entry (a stream cannot replay tool calls)."""
         assert self.cache is not None
-        e = self.cache.get(key, time.time())
-        if e is None or e.model not in self.router.index or (accept is not None and not accept(e)):
+        e = self.cache.get(key, time.time(), lambda e: e.model in self.router.index and (accept is None or accept(e)))
+        if e is None:
             return None
         t = self._entry(d.event_id)
         if t is not None:

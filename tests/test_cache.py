@@ -77,6 +77,15 @@ def test_load_keeps_the_newest_within_the_cap_and_skips_expired_entries():
     assert c.stores == 0  # restoring is not storing
 
 
+def test_an_entry_the_caller_cannot_use_is_a_miss_not_a_hit():
+    c = ResponseCache(max_entries=4, ttl_s=60)
+    c.put(c.entry("k", "t", "m", "coding", b"{}", 0.0))
+    assert c.get("k", 1.0, accept=lambda e: False) is None
+    assert (c.hits, c.misses) == (0, 1)
+    assert c.get("k", 1.0, accept=lambda e: e.model == "m") is not None
+    assert (c.hits, c.misses) == (1, 1)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_entries"):
         ResponseCache(max_entries=0)
@@ -193,9 +202,29 @@ async def test_a_pass_through_and_a_routed_request_do_not_share_entries(sim, aio
     r = await client.post("/v1/chat/completions", json=DET)
     chosen = r.headers["X-Router-Model"]
     r = await client.post("/v1/chat/completions", json={**DET, "model": chosen})
-    assert r.headers["X-Router-Cache"] == "miss"  # the eligible set differs: {chosen} vs the category's models
+    assert r.headers["X-Router-Cache"] == "miss"  # (the body's model differs too: see the locality test below)
     r = await client.post("/v1/chat/completions", json={**DET, "model": chosen})
     assert r.headers["X-Router-Cache"] == "hit"
+
+
+@pytest.mark.asyncio
+async def test_the_same_body_with_a_narrower_eligible_set_is_a_different_entry(sim, aiohttp_client, tmp_path):
+    """The body is byte-for-byte the same; only the locality header narrows the eligible models. An
+    answer from a model outside the locality must not be served to the restricted request."""
+    cfg = fleet_config(sim.port)
+    for m in cfg["models"]:
+        if m["name"] == "glm-5":
+            m["locality"] = "local"
+    client, app = await _router(aiohttp_client, tmp_path, sim.port, models=cfg["models"])
+    r = await client.post("/v1/chat/completions", json=DET)
+    assert r.headers["X-Router-Cache"] == "miss" and r.headers["X-Router-Model"] != "glm-5"
+    assert (await client.post("/v1/chat/completions", json=DET)).headers["X-Router-Cache"] == "hit"
+    local = {"X-Router-Locality": "local"}
+    r = await client.post("/v1/chat/completions", json=DET, headers=local)
+    assert r.status == 200 and r.headers["X-Router-Cache"] == "miss" and r.headers["X-Router-Model"] == "glm-5"
+    r = await client.post("/v1/chat/completions", json=DET, headers=local)
+    assert r.headers["X-Router-Cache"] == "hit" and r.headers["X-Router-Model"] == "glm-5"
+    assert app[SERVICE].cache.stats()["hits"] == 2
 
 
 @pytest.mark.asyncio

@@ -12,7 +12,7 @@ from aiohttp import web
 from fleet import sim_set
 
 from bandit_router.config import ConfigError, parse_config
-from bandit_router.locality import SensitiveDataDetector, locality_mask, message_text
+from bandit_router.locality import SensitiveDataDetector, locality_mask, request_text
 from bandit_router.server import make_app
 from bandit_router.server.keys import SERVICE
 
@@ -52,11 +52,21 @@ def test_bad_detector_settings_name_the_problem():
         SensitiveDataDetector(patterns={"bad": "(("})
 
 
-def test_message_text_reads_strings_and_text_parts():
+def test_request_text_reads_every_string_sent_upstream():
     msgs = [{"role": "system", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "mail a@b.io"}, {"type": "image_url"}]}]
-    assert message_text(msgs) == "be brief\nmail a@b.io"
+    assert request_text(msgs) == "system\nbe brief\nuser\ntext\nmail a@b.io\nimage_url"
     assert SensitiveDataDetector().find_in(msgs) == ["email"]
+    # personal data outside the message text: tool-call arguments, a name, a tool definition
+    d = SensitiveDataDetector()
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "send", "arguments": '{"to": "jane@corp.io"}'}}]}
+    assert d.find_in({"messages": [call]}) == ["email"]
+    assert d.find_in({"messages": [{"role": "user", "name": "ssn 123-45-6789", "content": "hi"}]}) == ["national_id"]
+    tool = {"type": "function", "function": {"name": "f", "description": "call +44 20 7946 0958"}}
+    assert d.find_in({"messages": [{"role": "user", "content": "hi"}], "tools": [tool]}) == ["phone"]
+    # our own hints are not sent upstream: not scanned
+    assert d.find_in({"messages": [{"role": "user", "content": "hi"}], "router": {"reference": {"a": "x@y.io"}}}) == []
     assert locality_mask(["local", None, "eu", "local"], "local").tolist() == [True, False, False, True]
 
 
@@ -188,3 +198,46 @@ async def test_nothing_marked_local_reaches_a_non_local_upstream(fleet, sim):
     assert not rec.saw("jane.doe")  # not even part of it
     metrics = await (await client.get("/metrics")).text()
     assert 'bandit_router_locality_decisions_total{locality="local"}' in metrics
+
+
+@pytest.mark.asyncio
+async def test_headers_tool_calls_and_asked_localities_cannot_route_around_the_restriction(fleet):
+    """Found in review: /v1/route ignored X-Router-Locality; the detector read only message text;
+    a request that asked for a cloud locality skipped the detector."""
+    client, app, rec = fleet
+    r = await client.post("/v1/route", json={"messages": [{"role": "user", "content": "plain question"}]},
+                          headers={"X-Router-Locality": "local"})
+    assert r.status == 200 and (await r.json())["model"] == "onprem" and r.headers["X-Router-Locality"] == "local"
+    r = await client.post("/v1/route", json={"messages": [{"role": "user", "content": "q"}]},
+                          headers={"X-Router-Locality": "no such!"})
+    assert r.status == 422
+
+    # personal data only in a tool call's arguments, and only in a tool's definition
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "mail", "arguments": f'{{"to": "{SECRET}"}}'}}]}
+    msgs = [{"role": "user", "content": f"{MARK}-t1 send it"}, call,
+            {"role": "tool", "tool_call_id": "c1", "content": "sent"}]
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": msgs})
+    body = await r.json()
+    assert r.status == 200 and body["router"]["model"] == "onprem"
+    assert body["router"]["locality"]["detected"] == ["email"]
+    tools = [{"type": "function", "function": {"name": "lookup", "description": f"account of {SECRET}",
+                                                "parameters": {"type": "object", "properties": {}}}}]
+    r = await client.post("/v1/chat/completions", json={**_chat(f"{MARK}-t2"), "tools": tools})
+    assert r.status == 200 and (await r.json())["router"]["model"] == "onprem"
+
+    # a request that asks for the cloud region but holds personal data is refused, not sent there
+    for how in ({"json": _chat(f"{MARK}-t3 {SECRET}", router={"locality": "us"})},
+                {"json": _chat(f"{MARK}-t4 {SECRET}"), "headers": {"X-Router-Locality": "us"}}):
+        r = await client.post("/v1/chat/completions", **how)
+        err = (await r.json())["error"]
+        assert r.status == 422 and err["code"] == "locality_unavailable" and "personal data (email)" in err["message"]
+    r = await client.post("/v1/route", json={"messages": [{"role": "user", "content": SECRET}], "locality": "us"})
+    assert r.status == 422
+    # without personal data the asked region is honoured
+    r = await client.post("/v1/chat/completions", json=_chat("nothing personal", router={"locality": "us"}))
+    assert r.status == 200 and (await r.json())["router"]["model"] == "cloud-a"
+
+    await app[SERVICE].grading.drain()
+    assert not rec.saw(MARK) and not rec.saw(SECRET) and not rec.saw("jane.doe")
+    assert not app[SERVICE]._inflight  # nothing refused or answered was left in flight

@@ -9,6 +9,7 @@ import asyncio
 import numpy as np
 import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
 from bandit_router.config import parse_config
 from bandit_router.costs import Price
@@ -84,6 +85,39 @@ async def test_feedback_for_an_in_flight_decision_writes_its_row_first(stack):
     assert row.status == "completed" and row.quality == pytest.approx(0.9) and row.completion_tokens == 5
 
 
+@pytest.mark.asyncio
+async def test_an_evicted_in_flight_decision_keeps_its_tenant_and_locality(aiohttp_server, tmp_path):
+    """Found in review: the call's end dropped the decision from the in-flight set before charging
+    its tenant and choosing its graders, so a decision the LRU had evicted was charged to "default"
+    and an LLM judge outside its locality was allowed to see it."""
+    from feedback.graders.judge import LLMJudgeGrader
+
+    sim = await aiohttp_server(make_simulator(seed=3))
+    url = f"http://127.0.0.1:{sim.port}/v1"
+    cfg = parse_config({"models": [{"name": "gpt-5.4", "base_url": url, "input_price": 1.0, "output_price": 2.0},
+                                   {"name": "glm-5", "base_url": url, "input_price": 1.0, "output_price": 2.0,
+                                    "locality": "local"}],
+                        "budget": {"usd_per_day": 1000.0}})
+    app = make_app(cfg, db_path=tmp_path / "evicted.db")
+    async with TestClient(TestServer(app)):  # the service is built on start-up
+        service = app[SERVICE]
+        service.cache_size = 2
+        d = service.decide(CODING, Hints(tenant="team-a", locality="local"), record=False)
+        assert d.model == "glm-5"
+        for _ in range(5):  # push it out of the LRU; it stays in flight
+            service.decide(CHAT, Hints())
+        assert d.event_id not in service._tracked
+        kept = []
+        service.grading.schedule = lambda *a, keep=None, **k: kept.append(keep)
+        service.account(d, Usage(1000, 500, 0), graded=(CODING, "an answer", None))
+        assert service.pacers.pacers["team-a"].spent > 0  # charged to its tenant, not to "default"
+        assert service.pacers.pacers["default"].spent == 0
+        (keep,) = kept
+        assert keep is not None and not keep(LLMJudgeGrader(model="gpt-5.4"))  # outside "local": withheld
+        assert keep(LLMJudgeGrader(model="glm-5"))
+        assert not service._judge_allowed(None)(LLMJudgeGrader(model="glm-5"))  # unknown: fails closed
+
+
 def _signal(q: float):
     from feedback import parse_feedback
 
@@ -152,3 +186,40 @@ async def test_a_disabled_model_stays_disabled_across_a_restart(sim, aiohttp_cli
     arms = (await (await client.get("/admin/arms")).json())
     assert arms["categories"]["general"]["glm-5"]["enabled"] is False
     assert arms["budgets"]["default"]["requests_today"] == 1
+
+
+@pytest.mark.asyncio
+async def test_odd_bodies_get_clear_errors_and_leave_nothing_in_flight(stack):
+    """Found in review: a stream_options that is not an object, and a body nested deeper than orjson
+    writes back, were 500s that left their decision in flight."""
+    client, app = stack
+    service = app[SERVICE]
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING, "stream": True,
+                                                        "stream_options": "yes"})
+    assert r.status == 422 and "stream_options" in (await r.json())["error"]["message"]
+    deep: dict = {}
+    x = deep
+    for _ in range(300):
+        x["a"] = {}
+        x = x["a"]
+    for path in ("/v1/chat/completions", "/v1/route", "/v1/feedback"):
+        r = await client.post(path, json={"model": "auto", "messages": CODING, "temperature": 0, "metadata": deep})
+        assert r.status == 400 and "nested more than" in (await r.json())["error"]["message"], path
+    ok = {"model": "auto", "messages": CODING, "temperature": 0, "metadata": {"a": [{"b": 1}] * 50}}
+    assert (await client.post("/v1/chat/completions", json=ok)).status == 200  # many brackets, shallow: fine
+    assert not service._inflight
+
+
+@pytest.mark.asyncio
+async def test_an_error_of_ours_after_the_decision_writes_it_as_failed(stack, monkeypatch):
+    client, app = stack
+    service = app[SERVICE]
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(service, "cache_key", broken)
+    r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
+    assert r.status == 500 and not service._inflight
+    await service.store.flush()
+    eid = next(reversed(service._tracked))  # the last decision
+    assert (await service.store.get_decision(eid)).status == "failed"

@@ -53,6 +53,7 @@ class ChatRequest(BaseModel):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
+    stream_options: dict[str, Any] | None = None  # {"include_usage": true}
     router: RouterHints | None = None
 
 
@@ -70,12 +71,29 @@ class RouteRequest(BaseModel):
 CACHE_BYPASS = ("bypass", "no-cache", "refresh")  # X-Router-Cache values that skip the lookup
 
 
+MAX_DEPTH = 128  # JSON nesting: far beyond any real request, and below orjson's limit for writing (254)
+
+
 async def _json(request: web.Request) -> Any:
     raw = await request.read()
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise web.HTTPBadRequest(reason=f"invalid JSON: {e}") from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(body):  # (counting is cheap; walking is not)
+        raise web.HTTPBadRequest(reason=f"invalid JSON: nested more than {MAX_DEPTH} levels deep")
+    return body
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
 
 
 def _number_header(request: web.Request, name: str, *, positive: bool = False,
@@ -102,6 +120,11 @@ def _header_hints(request: web.Request, body_hints: RouterHints | None, body: di
               locality=b.locality, tenant=tenant_of(request), latency_weight=b.latency_weight,
               max_latency_s=None if b.max_latency_ms is None else b.max_latency_ms / 1000.0,
               stream=body.get("stream") is True)
+    return _apply_headers(request, h)
+
+
+def _apply_headers(request: web.Request, h: Hints) -> Hints:
+    """The X-Router-* hint headers, over what the body says (both endpoints read the same headers)."""
     loc = request.headers.get("X-Router-Locality")
     if loc is not None:
         RouterHints(locality=loc)  # validates
@@ -155,6 +178,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         req = ChatRequest.model_validate(body)
         hints = _header_hints(request, req.router, body)
+        hints.stream = req.stream
     except ValidationError as e:
         return validation_error(e)
     except ValueError as e:
@@ -166,8 +190,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(409, f"model: {req.model!r} is disabled (deprecated) on this router; use 'auto'",
                      param="model", code="model_disabled")
     messages = body["messages"]  # validated above; forwarded as the client sent them
-    detected = service.restrict(messages, hints)
     try:
+        detected = service.restrict(body, hints)  # the whole request: tool calls and tools too
         d = service.decide(messages, hints, model=None if req.model == "auto" else req.model, record=False)
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")
@@ -175,13 +199,23 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(422, str(e), param="router.category", code="too_many_categories")
     except LocalityError as e:
         return error(e.status, str(e), param="router.locality", code="locality_unavailable")
+    try:
+        return await _answer(request, service, d, body, hints, detected)
+    except BaseException:
+        service.abandon(d)  # an error of ours (or the client left) before the call ended: not left in flight
+        raise
+
+
+async def _answer(request: web.Request, service: Service, d: Decision, body: dict[str, Any], hints: Hints,
+                  detected: list[str]) -> web.StreamResponse:
+    """A decided request: from the cache, or streamed, or completed upstream."""
     key = service.cache_key(d, body, hints.tenant)
     cache = None  # what the cache did: "hit", "miss" or "bypass" (None: the request is not cacheable)
     if key is not None:
         cache = "bypass" if request.headers.get("X-Router-Cache", "").lower() in CACHE_BYPASS else "miss"
         if cache == "bypass" and service.cache is not None:
             service.cache.bypasses += 1
-    if req.stream:
+    if hints.stream:
         if key is not None and cache == "miss":
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             chunks: list[dict[str, Any]] = []
@@ -312,17 +346,21 @@ async def route(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     try:
         body = await _json(request)
-        req = RouteRequest.model_validate(body)
     except web.HTTPBadRequest as e:
         return error(400, e.reason)
+    try:
+        req = RouteRequest.model_validate(body)
+        hints = _apply_headers(request, Hints(
+            category=req.category, cost_weight=req.cost_weight, locality=req.locality, tenant=tenant_of(request),
+            latency_weight=req.latency_weight, stream=req.stream,
+            max_latency_s=None if req.max_latency_ms is None else req.max_latency_ms / 1000.0))
     except ValidationError as e:
         return validation_error(e)
+    except ValueError as e:
+        return error(422, str(e))
     messages = _messages(req.messages)
-    hints = Hints(category=req.category, cost_weight=req.cost_weight, locality=req.locality,
-                  tenant=tenant_of(request), latency_weight=req.latency_weight,
-                  max_latency_s=None if req.max_latency_ms is None else req.max_latency_ms / 1000.0, stream=req.stream)
-    service.restrict(messages, hints)
     try:
+        service.restrict(messages, hints)
         d = service.decide(messages, hints)
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")

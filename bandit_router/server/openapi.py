@@ -265,6 +265,8 @@ def openapi_document(config: RouterConfig) -> dict[str, Any]:
         "/v1/route": {"post": {
             "operationId": "route", "tags": ["v1"], "security": open_v1,
             "summary": "Choose a model without calling it; the decision can take feedback.",
+            "description": "Hints: the body's fields or the X-Router-* headers (headers win).",
+            "parameters": [h for h in hint_headers if h["name"] != "X-Router-Cache"],
             "requestBody": body(route_ref, {"messages": messages}),
             "responses": {
                 "200": {**_json(_ref("RouteResponse"), "The decision and every model's score."),
