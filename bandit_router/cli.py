@@ -78,6 +78,23 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+GC_YOUNG_THRESHOLD = 10_000  # allocations between young-generation collections (Python's default: 700)
+
+
+async def _freeze_startup_heap(app: object) -> None:
+    """Garbage collection for serving: objects alive once the service has started (modules, schemas,
+    restored state, about 130k of them) are moved out of the collector's sight, and the young
+    generation is collected every 10,000 allocations instead of 700. Requests make no reference
+    cycles (reference counting frees them), yet with the defaults every collection walked the
+    in-flight requests and every full one the whole startup heap: about 200 µs of CPU a request
+    at 50 connections (``benchmarks/overhead.py``)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -100,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     install_log_redaction(AuthSettings.from_config(config).secrets)
     port = args.port if args.port is not None else config.server.port
     app = make_app(config, db_path=args.db, admin_local_only=args.admin_local_only)
+    app.on_startup.append(_freeze_startup_heap)  # runs after the service's cleanup context has started
     loop = None
     try:
         import uvloop
