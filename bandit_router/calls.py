@@ -236,5 +236,21 @@ class Calling:
                         "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                                   "total_tokens": u.prompt_tokens + u.completion_tokens}}
             else:
-                self._finish(d, status="failed")
+                self._cut_short(d, result.usage, "".join(text))
         yield b"data: [DONE]\n\n"
+
+    def _cut_short(self, d: Decision, usage: Usage, text: str) -> None:
+        """A stream that did not end properly (the client left, or the upstream failed after its
+        first chunk). The upstream still bills what it read and wrote, so the row and the tenant's
+        budget get that: the usage it reported, else an estimate (the prompt, and 4 characters a
+        token of the text streamed). Nothing streamed: nothing charged."""
+        if not (text or usage.completion_tokens):
+            self._finish(d, status="failed")
+            return
+        prompt = usage.prompt_tokens or d.prompt_tokens
+        completion = usage.completion_tokens or -(-len(text) // 4)
+        cost = self.router.prices[d.model].cost(prompt, completion, usage.cached_tokens)
+        t = self._finish(d, cost_usd=cost, completion_tokens=completion, status="failed")
+        self._charge(t, cost)
+        if self.metrics is not None:
+            self.metrics.cost(d, cost)

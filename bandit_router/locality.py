@@ -29,9 +29,10 @@ class LocalityError(Exception):
     """A restricted request has no model of its locality (``status``: 422 none configured, 503 none
     eligible now)."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
+    def __init__(self, message: str, status: int = 422, code: str = "locality_unavailable") -> None:
         super().__init__(message)
         self.status = status
+        self.code = code  # locality_unavailable, or locality_conflict (personal data asked elsewhere)
 
 
 def _luhn(digits: str) -> bool:
@@ -49,6 +50,14 @@ def _card(match: str) -> bool:
     return 13 <= len(digits) <= 19 and _luhn(digits)
 
 
+_EXAMPLE_DOMAIN = re.compile(r"@(?:[A-Za-z0-9\-]+\.)*example\.(?:com|org|net)$|\.(?:example|test|invalid)$", re.I)
+
+
+def _email(match: str) -> bool:
+    """Not an address at a domain reserved for examples (RFC 2606: example.com, .test, ...)."""
+    return _EXAMPLE_DOMAIN.search(match) is None
+
+
 def _phone(match: str) -> bool:
     return 8 <= len(re.sub(r"\D", "", match)) <= 15  # E.164 allows up to 15 digits
 
@@ -57,32 +66,49 @@ def _phone(match: str) -> bool:
 # backtracking); operators' patterns run with a time budget.
 BUILTIN_DETECTORS: dict[str, tuple[re.Pattern[str], Any]] = {
     "email": (re.compile(r"\b[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b"),
-              None),
+              _email),
     # +44 20 7946 0958, (555) 123-4567, 555-123-4567, +1.555.123.4567: a separator-structured number
     "phone": (re.compile(r"(?<![\w+.\-])(?<!\d[ .])(?:\+\d{1,3}[ .\-]?)?"
                          r"(?:\(\d{2,4}\)[ .\-]?|\d{2,4}[ .\-])\d{3,4}[ .\-]\d{4}(?![\w\-]|[ .]\d)"), _phone),
-    # 13-19 digits, optionally in groups separated by spaces or dashes, passing the Luhn check
-    "card": (re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"), _card),
+    # 13-19 digits, optionally in groups separated by spaces or dashes, passing the Luhn check, not
+    # part of a longer word (hex ids and tool-call ids hold Luhn-valid digit runs)
+    # (the lookbehind follows the first digit: checked only where a digit is, 2.4x faster on prose)
+    "card": (re.compile(r"\d(?<![\w\-]\d)(?:[ \-]?\d){12,18}(?![\w\-])"), _card),
     # US SSN (not 000/666/9xx area, 00 group, 0000 serial) and UK National Insurance numbers
     "national_id": (re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"
                                r"|\b[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"), None),
 }
 
 
+# Values that are not text a person wrote: provider-issued ids, and opaque payloads (a data: URL's
+# base64, input audio). A regular expression finds nothing personal in them, only false alarms, and
+# scanning a megabyte of base64 would stall the event loop.
+_OPAQUE_KEYS = frozenset({"id", "tool_call_id", "data"})
+
+
 def request_text(payload: Any) -> str:
-    """Every string in a request, newline-joined: message contents and text parts, but also names,
-    tool-call arguments, tool definitions, everything a provider would receive. Our own hints (a
-    top-level ``router`` field) are not sent upstream and are left out."""
+    """Every piece of text in a request, newline-joined: message contents and text parts, but also
+    names, tool-call arguments, tool definitions, object keys and numbers (a card number sent as a
+    JSON number is still one): everything a provider receives, except our own hints (a top-level
+    ``router`` field, never sent upstream), ids (``id``, ``tool_call_id``) and opaque data (``data``
+    fields, ``data:`` URLs)."""
     parts: list[str] = []
     stack = [payload]
     while stack:
         v = stack.pop()
         if isinstance(v, str):
-            parts.append(v)
+            if not v.startswith("data:"):
+                parts.append(v)
         elif isinstance(v, Mapping):
-            stack.extend(x for k, x in v.items() if not (v is payload and k == "router"))
+            for k, x in v.items():
+                if k in _OPAQUE_KEYS or (v is payload and k == "router"):
+                    continue
+                parts.append(str(k))
+                stack.append(x)
         elif isinstance(v, list | tuple):
             stack.extend(v)
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            parts.append(str(v))
     parts.reverse()
     return "\n".join(parts)
 
@@ -111,6 +137,8 @@ class SensitiveDataDetector:
         found = []
         for name in self.detect:
             pattern, check = BUILTIN_DETECTORS[name]
+            if name == "email" and "@" not in text:
+                continue  # (the pattern tries every letter as the start of an address: slow on long text)
             for m in pattern.finditer(text):
                 if check is None or check(m.group()):
                     found.append(name)
@@ -158,7 +186,8 @@ class LocalityPolicy:
         if asked is not None and asked != self.route_to:
             raise LocalityError(f"locality: this request asks for locality {asked!r}, but it holds personal data "
                                 f"({', '.join(found)}), which this router sends only to models with locality "
-                                f"{self.route_to!r}; ask for {self.route_to!r} or remove the data")
+                                f"{self.route_to!r}; ask for {self.route_to!r} or remove the data",
+                                code="locality_conflict")
         return self.route_to, found
 
     def mask(self, models: Sequence[str], locality: str) -> np.ndarray:

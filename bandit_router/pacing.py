@@ -193,7 +193,9 @@ class DayPacer:
         day = int(now // DAY_S)
         if day > self.day:
             seen_midnight = day == self.day + 1
-            self.prior_requests = float(self.requests) if seen_midnight else 0.0
+            # yesterday's requests, scaled up to a whole day when the pacer saw only part of it
+            seen_s = max((self.day + 1) * DAY_S - self.since, HOUR_S)
+            self.prior_requests = self.requests * min(DAY_S / seen_s, 24.0) if seen_midnight else 0.0
             self.since = day * DAY_S if seen_midnight else now
             self.day, self.spent, self.requests = day, 0.0, 0
         return min(max((now - self.day * DAY_S) / DAY_S, 0.0), 1.0)
@@ -287,10 +289,16 @@ class DayPacer:
 
 class Pacers:
     """The day pacers of every tenant with a budget: ``default`` for any tenant, ``tenants`` per name
-    (a tenant with neither is not paced). At most ``max_tenants`` pacers are kept for tenants paced
-    by the default budget; named tenants always get theirs. Tenants beyond that cap share one pacer,
-    :data:`OVERFLOW` (one default budget between them): a flood of new tenant names cannot buy
-    unpaced spend."""
+    (a tenant with neither is not paced).
+
+    A tenant gets its pacer at its first charge (reading a weight creates nothing: a tenant that
+    has spent nothing today is at λ = 0). At most ``max_tenants`` pacers are kept for tenants paced
+    by the default budget; named tenants always get theirs. At the cap, pacers that have spent
+    nothing since yesterday are dropped (checked at most once a minute), and tenants beyond it share
+    one pacer, :data:`OVERFLOW` (one default budget between them): a flood of new tenant names
+    cannot buy unpaced spend."""
+
+    SWEEP_S = 60.0
 
     def __init__(self, default: float | None = None, tenants: Mapping[str, float] | None = None, *,
                  max_tenants: int = 10_000, **pacer: Any) -> None:
@@ -305,6 +313,7 @@ class Pacers:
         self.max_tenants = max_tenants
         self.options = pacer  # step, slack, mu_max for every pacer
         self.pacers: dict[str, DayPacer] = {}
+        self._swept = -math.inf
 
     def __bool__(self) -> bool:
         return self.default is not None or bool(self.budgets)
@@ -312,24 +321,49 @@ class Pacers:
     def budget(self, tenant: str) -> float | None:
         return self.budgets.get(tenant, self.default)
 
-    def get(self, tenant: str) -> DayPacer | None:
+    def _full(self, tenant: str) -> bool:
+        """Whether a new pacer for ``tenant`` would go beyond the cap (named tenants never do)."""
+        return tenant not in self.budgets and tenant != OVERFLOW and len(self.pacers) >= self.max_tenants
+
+    def find(self, tenant: str) -> DayPacer | None:
+        """The pacer that paces ``tenant`` now, without creating one (None: it has none yet, or no budget)."""
         p = self.pacers.get(tenant)
-        if p is None:
-            budget = self.budget(tenant)
-            if budget is None:
-                return None
-            if len(self.pacers) >= self.max_tenants and tenant not in self.budgets and tenant != OVERFLOW:
-                return self.pacers.get(OVERFLOW) or self.pacers.setdefault(
-                    OVERFLOW, DayPacer(budget, **self.options))
-            p = self.pacers[tenant] = DayPacer(budget, **self.options)
+        if p is None and self.budget(tenant) is not None and self._full(tenant):
+            p = self.pacers.get(OVERFLOW)
         return p
 
+    def get(self, tenant: str, now: float) -> DayPacer | None:
+        """The tenant's pacer, created if it has a budget (the shared one beyond the cap)."""
+        p = self.pacers.get(tenant)
+        if p is not None:
+            return p
+        budget = self.budget(tenant)
+        if budget is None:
+            return None
+        if self._full(tenant):
+            self._sweep(now)
+            if self._full(tenant):
+                tenant = OVERFLOW
+                if (p := self.pacers.get(OVERFLOW)) is not None:
+                    return p
+        p = self.pacers[tenant] = DayPacer(budget, **self.options)
+        return p
+
+    def _sweep(self, now: float) -> None:
+        """Drop the pacers of tenants with no charge since yesterday (at most once a minute)."""
+        if now - self._swept < self.SWEEP_S:
+            return
+        self._swept = now
+        today = int(_check_now(now) // DAY_S)
+        for t in [t for t, p in self.pacers.items() if p.day < today - 1 and t != OVERFLOW]:
+            del self.pacers[t]
+
     def cost_weight(self, tenant: str, base: float, now: float) -> float:
-        p = self.get(tenant)
+        p = self.find(tenant)
         return _check_base(base) if p is None else p.cost_weight(base, now)
 
     def spend(self, tenant: str, usd: float, now: float) -> None:
-        p = self.get(tenant)
+        p = self.get(tenant, now)
         if p is None:
             _check_cost(usd)
         else:
@@ -338,16 +372,40 @@ class Pacers:
     def snapshot(self, now: float, base: float | None = None) -> dict[str, dict[str, Any]]:
         return {t: p.snapshot(now, base) for t, p in sorted(self.pacers.items())}
 
+    def tenant_snapshot(self, tenant: str, now: float) -> dict[str, Any] | None:
+        """The tenant's budget today (None: no budget); a tenant with no charge yet reads as a fresh day."""
+        p = self.find(tenant)
+        if p is None:
+            budget = self.budget(tenant)
+            if budget is None:
+                return None
+            p = DayPacer(budget, **self.options)
+        return p.snapshot(now)
+
     def export(self) -> dict[str, dict[str, float]]:
         return {t: p.export() for t, p in self.pacers.items()}
 
-    def restore(self, states: Mapping[str, Mapping[str, Any]]) -> int:
-        """Take over :meth:`export`; returns how many tenants' states were restored (tenants that no
-        longer have a budget, and damaged states, are skipped)."""
+    def restore(self, states: Mapping[str, Mapping[str, Any]], now: float | None = None) -> int:
+        """Take over :meth:`export`; returns how many tenants' states were restored. Skipped: tenants
+        that no longer have a budget, damaged states, states from before yesterday or after today
+        (with ``now``), and tenants beyond the cap (a tenant's state never lands in the shared pacer)."""
+        today = None if now is None else int(_check_now(now) // DAY_S)
         n = 0
         for tenant, state in states.items():
-            p = self.get(tenant)
-            n += p is not None and p.restore(state)
+            budget = self.budget(tenant)
+            if budget is None or (tenant not in self.pacers and self._full(tenant)):
+                continue
+            if today is not None:
+                try:
+                    day = int(state["day"])
+                except (KeyError, TypeError, ValueError, OverflowError):
+                    continue
+                if not today - 1 <= day <= today:
+                    continue
+            p = self.pacers.get(tenant) or DayPacer(budget, **self.options)
+            if p.restore(state):
+                self.pacers[tenant] = p
+                n += 1
         return n
 
     import_ = restore

@@ -214,8 +214,8 @@ class Service(Calling):
 
     def budget(self, tenant: str) -> dict[str, Any] | None:
         """The tenant's budget today (None: no budget)."""
-        p = self.pacers.get(tenant) if self.pacers else None
-        return None if p is None else {"tenant": tenant, **p.snapshot(time.time())}
+        snap = self.pacers.tenant_snapshot(tenant, time.time()) if self.pacers else None
+        return None if snap is None else {"tenant": tenant, **snap}
 
     # -- locality ----------------------------------------------------------------------------
     def restrict(self, payload: Any, hints: Hints) -> list[str]:
@@ -358,10 +358,13 @@ class Service(Calling):
             name = key.partition(":")[2]
             if name in self.router.index:
                 self.router.set_enabled(name, blob == b"1")
-        for key, blob in self.store.load_state("budget:").items():  # today's spend survives a restart
-            p = self.pacers.get(key.partition(":")[2])
-            if p is not None:
-                p.restore(orjson.loads(blob))
+        budgets = {}  # today's spend survives a restart
+        for key, blob in self.store.load_state("budget:").items():
+            try:
+                budgets[key.partition(":")[2]] = orjson.loads(blob)
+            except orjson.JSONDecodeError:
+                log.warning("state %s is damaged: skipped", key)
+        self.pacers.restore(budgets, time.time())
         if self.cache is not None:
             now = time.time()
             rows = self.store.load_cache(now)

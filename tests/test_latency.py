@@ -212,19 +212,21 @@ async def _fleet(aiohttp_client, tmp_path, sim_port: int):
 @pytest.mark.asyncio
 async def test_deadline_hints_over_http(sim, aiohttp_client, tmp_path):
     async with sim_client(sim) as c:
-        assert (await c.post("/admin/settings", json={"latency_scale": 1})).status == 200
+        # 4x test speed: far enough apart that a busy machine's delays do not blur the two models
+        assert (await c.post("/admin/settings", json={"latency_scale": 4})).status == 200
     client, app = await _fleet(aiohttp_client, tmp_path, sim.port)
     # measure both models first (pass-through calls are timed too), so the decisions' latency draws
-    # sit within a few % of the estimates: glm-5's first token ~10 ms, claude's ~40 ms
+    # sit close to the estimates: glm-5's first token ~40 ms (p90 ~65), claude's ~160 ms (p90 ~250)
     for model in ("glm-5", "claude-opus-4.6"):
-        for _ in range(30):
-            r = await client.post("/v1/chat/completions", json={**CHAT, "model": model, "stream": True})
+        for _ in range(20):
+            r = await client.post("/v1/chat/completions", json={**CHAT, "model": model, "stream": True,
+                                                                "max_tokens": 8})  # (short: fast)
             await r.read()
     r = await client.post("/v1/chat/completions", json=CHAT)
     assert r.headers["X-Router-Model"] == "claude-opus-4.6" and "X-Router-Deadline" not in r.headers
-    # interactive: a 30 ms deadline on the first token
+    # interactive: a 120 ms deadline on the first token
     r = await client.post("/v1/chat/completions", json={**CHAT, "stream": True},
-                          headers={"X-Router-Max-Latency-Ms": "30"})
+                          headers={"X-Router-Max-Latency-Ms": "120"})
     assert r.status == 200 and r.headers["X-Router-Model"] == "glm-5" and r.headers["X-Router-Deadline"] == "met"
     await r.read()
     # the body hint, not streamed: the whole answer's latency counts
@@ -238,10 +240,10 @@ async def test_deadline_hints_over_http(sim, aiohttp_client, tmp_path):
     r = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Router-Max-Latency-Ms": "0"})
     assert r.status == 422 and "X-Router-Max-Latency-Ms" in (await r.json())["error"]["message"]
     # route-only shows every model's expected latency
-    r = await client.post("/v1/route", json={"messages": CHAT["messages"], "max_latency_ms": 30, "stream": True})
+    r = await client.post("/v1/route", json={"messages": CHAT["messages"], "max_latency_ms": 120, "stream": True})
     body = await r.json()
     assert body["model"] == "glm-5" and body["latency"]["deadline_met"] is True
-    assert {c["model"]: c["expected_latency_ms"] > 30 for c in body["candidates"]} == {
+    assert {c["model"]: c["expected_latency_ms"] > 120 for c in body["candidates"]} == {
         "claude-opus-4.6": True, "glm-5": False}
     metrics = await (await client.get("/metrics")).text()
     assert 'bandit_router_deadline_decisions_total{met="true"} 2.0' in metrics
@@ -249,7 +251,7 @@ async def test_deadline_hints_over_http(sim, aiohttp_client, tmp_path):
     # the calls were timed: the estimates are in /admin/arms and survive a restart
     arms = (await (await client.get("/admin/arms")).json())["categories"]["general"]
     lat = arms["glm-5"]["latency"]
-    assert lat["observations"] >= 33 and lat["quantile"] == 0.9 and 0 < lat["total_s"] < 1.0
+    assert lat["observations"] >= 23 and lat["quantile"] == 0.9 and 0 < lat["total_s"] < 2.0
     await client.close()
     client, _ = await _fleet(aiohttp_client, tmp_path, sim.port)
     again = (await (await client.get("/admin/arms")).json())["categories"]["general"]["glm-5"]["latency"]

@@ -181,7 +181,7 @@ def test_a_new_utc_day_starts_from_zero_spend():
     assert p.cost_weight(1.0, T0 + DAY_S - 1) > 1.0  # until midnight
     snap = p.snapshot(T0 + DAY_S + 60)
     assert snap["spent_today_usd"] == 0.0 and snap["requests_today"] == 0 and snap["exhausted"] is False
-    assert p.prior_requests == 40 and p.cost_weight(1.0, T0 + DAY_S + 60) == 1.0
+    assert p.prior_requests == 80 and p.cost_weight(1.0, T0 + DAY_S + 60) == 1.0  # 40 in the half day seen
     p.spend(0.01, T0 + DAY_S + 61)
     assert p.snapshot(T0 + DAY_S + 61)["spent_today_usd"] == pytest.approx(0.01)
     # a time from an earlier day (a clock stepped back) is charged to today, not to a reopened yesterday
@@ -247,9 +247,11 @@ def test_day_pacer_export_and_restore():
 def test_pacers_keep_one_budget_per_tenant():
     ps = Pacers(default=None, tenants={"team-a": 5.0})
     assert not Pacers() and ps
-    assert ps.get("team-b") is None and ps.cost_weight("team-b", 3.0, T0) == 3.0  # no budget: not paced
+    assert ps.get("team-b", T0) is None and ps.cost_weight("team-b", 3.0, T0) == 3.0  # no budget: not paced
     ps.spend("team-b", 4.0, T0 + 60)  # nothing kept for it
     assert "team-b" not in ps.pacers
+    assert ps.cost_weight("team-a", 3.0, T0) == 3.0 and "team-a" not in ps.pacers  # reading creates nothing
+    assert ps.tenant_snapshot("team-a", T0)["spent_today_usd"] == 0 and ps.tenant_snapshot("team-b", T0) is None
     ps.spend("team-a", 4.0, T0 + 60)
     assert ps.cost_weight("team-a", 3.0, T0 + 61) > 3.0
     both = Pacers(default=1.0, tenants={"big": 100.0})
@@ -259,17 +261,36 @@ def test_pacers_keep_one_budget_per_tenant():
     assert snap["x"]["usd_per_day"] == 1.0 and snap["big"]["usd_per_day"] == 100.0
     assert snap["x"]["cost_weight"] > snap["big"]["cost_weight"] == 2.0  # the same spend is far over x's pace
     again = Pacers(default=1.0, tenants={"big": 100.0})
-    assert again.restore(both.export()) == 2 and again.export() == both.export()
+    assert again.restore(both.export(), T0 + 3) == 2 and again.export() == both.export()
     assert Pacers(tenants={"big": 1.0}).restore(both.export()) == 1  # x has no budget there
+    # states from before yesterday, or from a day still to come, are not restored
+    assert Pacers(default=1.0).restore(both.export(), T0 + 2 * DAY_S) == 0
+    assert Pacers(default=1.0).restore(both.export(), T0 + DAY_S) == 2  # yesterday's: the rate's prior
+    assert Pacers(default=1.0).restore(both.export(), T0 - DAY_S) == 0
+
+
+def test_beyond_the_cap_new_tenants_share_one_pacer_and_stale_ones_make_room():
     capped = Pacers(default=1.0, tenants={"named": 2.0}, max_tenants=2)
-    a, b = capped.get("a"), capped.get("b")
-    assert a is not None and b is not None and a is not b and capped.get("named")
+    a, b = capped.get("a", T0), capped.get("b", T0)
+    assert a is not None and b is not None and a is not b and capped.get("named", T0)
+    a.spend(0.1, T0)
+    b.spend(0.1, T0)
     # beyond the cap, new tenants share one pacer with the default budget: never unpaced
-    c, d = capped.get("c"), capped.get("d")
+    c, d = capped.get("c", T0), capped.get("d", T0)
     assert c is not None and c is d and capped.pacers[OVERFLOW] is c and c.usd_per_day == 1.0
     capped.spend("c", 0.9, T0 + 60)
     assert capped.cost_weight("d", 1.0, T0 + 61) > 1.0  # d pays for c's spend: they share a budget
     assert "c" not in capped.pacers and "d" not in capped.pacers
+    # the shared pacer's state restores into the shared pacer; a tenant's never does
+    states = capped.export()
+    again = Pacers(default=1.0, tenants={"named": 2.0}, max_tenants=2)
+    assert again.restore({"x": states["a"], "y": states["b"], "z": states["a"], OVERFLOW: states[OVERFLOW]},
+                         T0 + 70) == 3
+    assert again.pacers[OVERFLOW].spent == pytest.approx(0.9) and "z" not in again.pacers
+    # two days later a and b have spent nothing since yesterday: their places go to new tenants
+    later = T0 + 2 * DAY_S
+    e = capped.get("e", later)
+    assert e is not None and e is not capped.pacers[OVERFLOW] and "a" not in capped.pacers
 
 
 # -- the replay -------------------------------------------------------------------------------------

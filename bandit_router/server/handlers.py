@@ -86,14 +86,18 @@ async def _json(request: web.Request) -> Any:
 
 
 def _too_deep(value: Any) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict | list):
-            if depth > MAX_DEPTH:
-                return True
-            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return False
+    """Whether containers nest more than MAX_DEPTH levels (a walk level by level, containers only)."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(MAX_DEPTH):
+        nested = []
+        for v in level:
+            for c in v.values() if isinstance(v, dict) else v:
+                if isinstance(c, dict | list):
+                    nested.append(c)
+        if not nested:
+            return False
+        level = nested
+    return True
 
 
 def _number_header(request: web.Request, name: str, *, positive: bool = False,
@@ -198,7 +202,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except TooManyCategories as e:
         return error(422, str(e), param="router.category", code="too_many_categories")
     except LocalityError as e:
-        return error(e.status, str(e), param="router.locality", code="locality_unavailable")
+        return error(e.status, str(e), param="router.locality", code=e.code)
     try:
         return await _answer(request, service, d, body, hints, detected)
     except BaseException:
@@ -367,7 +371,7 @@ async def route(request: web.Request) -> web.Response:
     except TooManyCategories as e:
         return error(422, str(e), param="category", code="too_many_categories")
     except LocalityError as e:
-        return error(e.status, str(e), param="locality", code="locality_unavailable")
+        return error(e.status, str(e), param="locality", code=e.code)
     except StoreOverloaded:
         return error(503, "the router's storage queue is full; retry shortly", code="overloaded")
     out = {"event_id": d.event_id, "model": d.model, "category": d.category,
