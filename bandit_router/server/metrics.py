@@ -113,6 +113,23 @@ class Metrics:
         self.known_sources: frozenset[str] = frozenset({"user"})
         self.service: Any = None
         self.registry.register(_ScrapeCollector(self))
+        # the request path's labelled children, kept (``labels()`` costs a lock and a validation a call)
+        self._requests: dict[tuple[str, str, int, bool], Any] = {}
+        self._durations: dict[bool, Any] = {}
+
+    def request_done(self, model: str, category: str, status: int, fallback: bool, streamed: bool,
+                     seconds: float) -> None:
+        """One ``/v1/chat/completions`` request served: counted and timed."""
+        key = (model, category, status, fallback)
+        counter = self._requests.get(key)
+        if counter is None:  # label values are bounded (see the module docstring), and so is this
+            counter = self._requests[key] = self.requests.labels(model, category, str(status),
+                                                                 "true" if fallback else "false")
+        counter.inc()
+        hist = self._durations.get(streamed)
+        if hist is None:
+            hist = self._durations[streamed] = self.duration.labels("true" if streamed else "false")
+        hist.observe(seconds)
 
     # -- service hooks (called by Service when ``service.metrics`` is set) ---------------------
     def decided(self, d: Any, locality: str | None = None) -> None:
@@ -237,9 +254,8 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
         total = time.perf_counter() - t0
         h = resp.headers if resp is not None else {}
         streamed = resp is not None and not isinstance(resp, web.Response)
-        m.requests.labels(h.get("X-Router-Model", "none"), h.get("X-Router-Category", "none"), str(status),
-                          "true" if "X-Router-Fallback" in h else "false").inc()
-        m.duration.labels("true" if streamed else "false").observe(total)
+        m.request_done(h.get("X-Router-Model", "none"), h.get("X-Router-Category", "none"), status,
+                       "X-Router-Fallback" in h, streamed, total)
         if not streamed and status == 200 and len(acc) == 1:
             m.overhead.observe(max(0.0, total - acc[0]))
 
