@@ -185,18 +185,24 @@ def _text(v: Any, name: str) -> str:
 
 
 def _real(v: Any, name: str) -> float:
+    if type(v) is float and math.isfinite(v):  # the common case, without the slower ABC check
+        return v
     if not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise TypeError(f"{name} must be a finite number, got {v!r}")
     return float(v)
 
 
 def _int(v: Any, name: str) -> int:
+    if type(v) is int:
+        return v
     if not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     return int(v)
 
 
 def _blob(v: Any, name: str) -> bytes:
+    if type(v) is bytes:
+        return v
     if not isinstance(v, bytes | bytearray | memoryview):
         raise TypeError(f"{name} must be bytes, got {type(v).__name__}")
     return bytes(v)
