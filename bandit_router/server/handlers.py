@@ -42,6 +42,9 @@ class RouterHints(BaseModel):
     max_latency_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # a deadline
 
 
+_NO_HINTS = RouterHints()  # a request without router hints (read only)
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -117,7 +120,7 @@ def _number_header(request: web.Request, name: str, *, positive: bool = False,
 
 
 def _header_hints(request: web.Request, body_hints: RouterHints | None, body: dict[str, Any]) -> Hints:
-    b = body_hints or RouterHints()
+    b = body_hints or _NO_HINTS
     asked = body.get("max_completion_tokens", body.get("max_tokens"))
     h = Hints(category=b.category, cost_weight=b.cost_weight, max_cost_usd=b.max_cost_usd,
               max_output_tokens=asked if isinstance(asked, int) else None, reference=b.reference,
