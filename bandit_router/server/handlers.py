@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from feedback import SignalError, parse_feedback
 
 from ..cache import replay_chunks
-from ..config import LOCALITY_PATTERN
 from ..fallback import Attempt
 from ..locality import LocalityError
 from ..policy import NoEligibleModel
@@ -24,135 +23,11 @@ from ..storage.base import StoreOverloaded
 from .auth import tenant_of
 from .errors import error, validation_error
 from .keys import SERVICE
+from .requests import ChatMessage, ChatRequest, RouteRequest, apply_headers, chat_hints, read_json
 
 log = logging.getLogger("bandit_router")
 
-CATEGORY_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
-MAX_WEIGHT = 1e9  # cost and latency weights: beyond any real trade-off, and far from float overflow
-
-
-class RouterHints(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    category: str | None = Field(None, pattern=CATEGORY_PATTERN)
-    cost_weight: float | None = Field(None, ge=0.0, le=MAX_WEIGHT, allow_inf_nan=False)
-    max_cost_usd: float | None = Field(None, gt=0.0, allow_inf_nan=False)
-    reference: dict[str, Any] | None = None  # for automated graders: e.g. {"answer": "B"} or {"tests": [...]}
-    locality: str | None = Field(None, pattern=LOCALITY_PATTERN)  # e.g. "local": only models tagged so
-    latency_weight: float | None = Field(None, ge=0.0, le=MAX_WEIGHT, allow_inf_nan=False)  # quality points per second
-    max_latency_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # a deadline
-
-
-_NO_HINTS = RouterHints()  # a request without router hints (read only)
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None  # {"include_usage": true}
-    router: RouterHints | None = None
-
-
-class RouteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    messages: list[ChatMessage] = Field(min_length=1)
-    category: str | None = Field(None, pattern=CATEGORY_PATTERN)
-    cost_weight: float | None = Field(None, ge=0.0, le=MAX_WEIGHT, allow_inf_nan=False)
-    locality: str | None = Field(None, pattern=LOCALITY_PATTERN)
-    latency_weight: float | None = Field(None, ge=0.0, le=MAX_WEIGHT, allow_inf_nan=False)
-    max_latency_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False)
-    stream: bool = False  # the caller will stream: time to first token is the latency that counts
-
-
 CACHE_BYPASS = ("bypass", "no-cache", "refresh")  # X-Router-Cache values that skip the lookup
-
-
-MAX_DEPTH = 128  # JSON nesting: far beyond any real request, and below orjson's limit for writing (254)
-
-
-async def _json(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise web.HTTPBadRequest(reason=f"invalid JSON: {e}") from None
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(body):  # (counting is cheap; walking is not)
-        raise web.HTTPBadRequest(reason=f"invalid JSON: nested more than {MAX_DEPTH} levels deep")
-    return body
-
-
-def _too_deep(value: Any) -> bool:
-    """Whether containers nest more than MAX_DEPTH levels (a walk level by level, containers only)."""
-    level = [value] if isinstance(value, dict | list) else []
-    for _ in range(MAX_DEPTH):
-        nested = []
-        for v in level:
-            for c in v.values() if isinstance(v, dict) else v:
-                if isinstance(c, dict | list):
-                    nested.append(c)
-        if not nested:
-            return False
-        level = nested
-    return True
-
-
-def _number_header(request: web.Request, name: str, *, positive: bool = False,
-                   maximum: float | None = None) -> float | None:
-    raw = request.headers.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}: {raw!r} is not a number") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name}: {raw!r} must be a finite number {'> 0' if positive else '>= 0'}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}: {raw!r} must be at most {maximum:g}")
-    return value
-
-
-def _header_hints(request: web.Request, body_hints: RouterHints | None, body: dict[str, Any]) -> Hints:
-    b = body_hints or _NO_HINTS
-    asked = body.get("max_completion_tokens", body.get("max_tokens"))
-    h = Hints(category=b.category, cost_weight=b.cost_weight, max_cost_usd=b.max_cost_usd,
-              max_output_tokens=asked if isinstance(asked, int) else None, reference=b.reference,
-              locality=b.locality, tenant=tenant_of(request), latency_weight=b.latency_weight,
-              max_latency_s=None if b.max_latency_ms is None else b.max_latency_ms / 1000.0,
-              stream=body.get("stream") is True)
-    return _apply_headers(request, h)
-
-
-def _apply_headers(request: web.Request, h: Hints) -> Hints:
-    """The X-Router-* hint headers, over what the body says (both endpoints read the same headers)."""
-    loc = request.headers.get("X-Router-Locality")
-    if loc is not None:
-        RouterHints(locality=loc)  # validates
-        h.locality = loc
-    cat = request.headers.get("X-Router-Category")
-    if cat is not None:
-        RouterHints(category=cat)  # validates
-        h.category = cat
-    cw = _number_header(request, "X-Router-Cost-Weight", maximum=MAX_WEIGHT)
-    if cw is not None:
-        h.cost_weight = cw
-    mc = _number_header(request, "X-Router-Max-Cost-Usd", positive=True)
-    if mc is not None:
-        h.max_cost_usd = mc
-    lw = _number_header(request, "X-Router-Latency-Weight", maximum=MAX_WEIGHT)
-    if lw is not None:
-        h.latency_weight = lw
-    ml = _number_header(request, "X-Router-Max-Latency-Ms", positive=True)
-    if ml is not None:
-        h.max_latency_s = ml / 1000.0
-    return h
 
 
 def _fell_back(d: Decision, failed: list[Attempt] | None) -> bool:
@@ -177,14 +52,14 @@ def _messages(msgs: list[ChatMessage]) -> list[dict[str, Any]]:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     try:
-        body = await _json(request)
+        body = await read_json(request)
     except web.HTTPBadRequest as e:
         return error(400, e.reason)
     if not isinstance(body, dict):
         return error(400, "the body must be a JSON object (an OpenAI Chat Completions request)")
     try:
         req = ChatRequest.model_validate(body)
-        hints = _header_hints(request, req.router, body)
+        hints = chat_hints(request, req.router, body)
         hints.stream = req.stream
     except ValidationError as e:
         return validation_error(e)
@@ -352,12 +227,12 @@ async def _stream(request: web.Request, service: Service, d: Decision, body: dic
 async def route(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     try:
-        body = await _json(request)
+        body = await read_json(request)
     except web.HTTPBadRequest as e:
         return error(400, e.reason)
     try:
         req = RouteRequest.model_validate(body)
-        hints = _apply_headers(request, Hints(
+        hints = apply_headers(request, Hints(
             category=req.category, cost_weight=req.cost_weight, locality=req.locality, tenant=tenant_of(request),
             latency_weight=req.latency_weight, stream=req.stream,
             max_latency_s=None if req.max_latency_ms is None else req.max_latency_ms / 1000.0))
@@ -389,7 +264,7 @@ async def route(request: web.Request) -> web.Response:
 async def feedback(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     try:
-        body = await _json(request)
+        body = await read_json(request)
     except web.HTTPBadRequest as e:
         return error(400, e.reason)
     if not isinstance(body, dict):

@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..config import LOCALITY_PATTERN, RouterConfig
-from .handlers import CATEGORY_PATTERN, ChatRequest, RouteRequest
 from .keys import CONFIG
+from .requests import CATEGORY_PATTERN, ChatRequest, RouteRequest
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
