@@ -13,7 +13,7 @@ outstanding (the excess is counted as "not sent", never silently dropped).
 
 Reported: client success rate (goal >= 99.9%), feedback acknowledged but missing from the database
 after a clean stop (goal 0), latency p50/p99, achieved rate, and the router's resident memory after
-warm-up and at the end (goal: within 10%).
+warm-up and at the end (goal: within 10%), and the CPU each process used while measured (in cores).
 """
 
 from __future__ import annotations
@@ -59,6 +59,17 @@ class Tally:
     def error(self, what: str) -> None:
         self.failed += 1
         self.errors[what] = self.errors.get(what, 0) + 1
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system, all threads) of a process so far; None: this one."""
+    if pid is None:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -193,12 +204,17 @@ def main() -> int:
                                              headers={"Content-Type": "application/json"}, method="POST")
                 urllib.request.urlopen(req).read()
             rss_start = rss_mb(router.pid)
+            cpu0 = {"router": cpu_s(router.pid), "simulator": cpu_s(sim.pid), "generator": cpu_s()}
+            wall0 = time.perf_counter()
             tally = Tally()
             with Progress(TextColumn("[bold]load"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeRemainingColumn(), transient=True) as progress:
                 elapsed = asyncio.run(drive(url, args.rate, args.seconds, args.max_in_flight, args.seed, tally,
                                             progress))
             rss_end = rss_mb(router.pid)
+            wall = time.perf_counter() - wall0
+            cpu1 = {"router": cpu_s(router.pid), "simulator": cpu_s(sim.pid), "generator": cpu_s()}
+            cores = {k: (cpu1[k] - cpu0[k]) / wall for k in cpu0}  # share of one core each, while measured
             try:
                 arms = json.loads(urllib.request.urlopen(arms_req).read())
             except Exception as e:  # noqa: BLE001 - report what we can
@@ -225,7 +241,7 @@ def main() -> int:
         "feedback_refused": tally.feedback_failed, "feedback_lost": lost, "p50_ms": q(0.5), "p99_ms": q(0.99),
         "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_growth": rss_end / rss_start - 1,
         "breakers": {m: h for m, h in (arms.get("health") or {}).items()} if isinstance(arms, dict) else {},
-        "faults": faults, "warmup_traffic": traffic,
+        "faults": faults, "warmup_traffic": traffic, "cpu_cores": cores,
     }
     print(f"faults: {faults} (the two busiest models after warm-up: {traffic})")
     health = result["breakers"]
@@ -240,6 +256,8 @@ def main() -> int:
     print(f"latency p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms")
     print(f"router RSS {rss_start:.1f} MB after warm-up -> {rss_end:.1f} MB at the end "
           f"({100 * result['rss_growth']:+.1f}%, goal within 10%)")
+    print("CPU while measured, in cores (the machine has " + str(os.cpu_count()) + "): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
