@@ -151,6 +151,7 @@ class ArmPosteriors:
         self.W = np.zeros((0, d))
         self.theta = self.W[:0]
         self.P = self.W[0:].reshape(0, d, d)
+        self._draw_buffers()
         self.sse: list[float] = []  # residual sum of squares, prior included
         self.nc: list[float] = []  # count
         self.sigma = np.zeros(0)  # noise sd, used by every decision
@@ -178,6 +179,7 @@ class ArmPosteriors:
         self.P = self.W[k + 1 :].reshape(k + 1, d, d)
         self.theta[:k] = old_theta
         self.P[:k] = old_p
+        self._draw_buffers()
         self.sse.append(0.0)
         self.nc.append(0.0)
         self.sigma = np.append(self.sigma, 0.0)
@@ -189,6 +191,15 @@ class ArmPosteriors:
         self.k = k + 1
         self.refresh(k)
         return k
+
+    def _draw_buffers(self) -> None:
+        """Scratch space for :meth:`sample_moments`, shaped like ``W`` (rebuilt when an arm is added):
+        ``W x`` lands in ``_wx``, viewed as every arm's mean and every arm's ``P x``."""
+        k, d = len(self.W) // (self.d + 1), self.d
+        self._wx = np.empty(len(self.W))
+        self._wx_mean = self._wx[:k]
+        self._wx_px = self._wx[k:].reshape(k, d)
+        self._zeros = np.zeros(k)
 
     def get(self, i: int) -> Posterior:
         """Arm i's prior and true (decayed) sums."""
@@ -362,14 +373,13 @@ class ArmPosteriors:
     def sample_moments(self, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`sample` (the same arithmetic, so the same draw), and the per-arm sd of θ_k·x:
         ``(draw, sd)`` with ``draw = θ̂_k·x + sd * z``."""
-        k = self.k
-        y = self.W @ x
-        sd = y[k:].reshape(k, self.d) @ x
-        np.maximum(sd, 0.0, out=sd)
+        np.dot(self.W, x, out=self._wx)  # every arm's θ̂·x and P x, in one mat-vec
+        sd = np.dot(self._wx_px, x)
+        np.maximum(sd, self._zeros, out=sd)
         np.sqrt(sd, out=sd)
         sd *= self.sigma
         v = sd * z
-        v += y[:k]
+        v += self._wx_mean
         return v, sd
 
     def mean_quality(self, i: int, x: np.ndarray | None = None) -> tuple[float, float]:
