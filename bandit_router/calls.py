@@ -61,17 +61,22 @@ class Calling:
         budget and, with ``graded`` (messages, answer, reference), the category's graders scheduled.
         One step, so what the budget and the graders need (the tenant, the locality) is read from
         the decision's entry as it leaves the in-flight set, whatever the LRU has evicted since."""
-        price = self.router.prices[d.model]
-        cost = price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         if usage.completion_tokens:
             self.router.observe_output(d, usage.completion_tokens)
+        cost, t = self._settle(d, usage, status)
+        if graded is not None:
+            self._grade_later(d, t, *graded)
+        return cost
+
+    def _settle(self, d: Decision, usage: Usage, status: str) -> tuple[float, Any]:
+        """The call's cost from its usage: its row written, its tenant charged, counted in metrics.
+        Returns the cost and the decision's entry."""
+        cost = self.router.prices[d.model].cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         t = self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
         self._charge(t, cost)
         if self.metrics is not None:
             self.metrics.cost(d, cost)
-        if graded is not None:
-            self._grade_later(d, t, *graded)
-        return cost
+        return cost, t
 
     def _cap_output(self, d: Decision, body: dict[str, Any]) -> dict[str, Any]:
         """Cap the request's output tokens at the chosen model's configured limit."""
@@ -247,10 +252,6 @@ class Calling:
         if not (text or usage.completion_tokens):
             self._finish(d, status="failed")
             return
-        prompt = usage.prompt_tokens or d.prompt_tokens
-        completion = usage.completion_tokens or -(-len(text) // 4)
-        cost = self.router.prices[d.model].cost(prompt, completion, usage.cached_tokens)
-        t = self._finish(d, cost_usd=cost, completion_tokens=completion, status="failed")
-        self._charge(t, cost)
-        if self.metrics is not None:
-            self.metrics.cost(d, cost)
+        billed = Usage(usage.prompt_tokens or d.prompt_tokens, usage.completion_tokens or -(-len(text) // 4),
+                       usage.cached_tokens)
+        self._settle(d, billed, "failed")  # (not learned as an output length: the answer was cut)

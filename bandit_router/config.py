@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -215,15 +215,8 @@ class BudgetConfig(_Strict):
 
     usd_per_day: float | None = Field(None, gt=0.0, allow_inf_nan=False,
                                       description="every tenant's budget (null: none)")
-    tenants: dict[str, float] = Field(default_factory=dict, description="tenant -> $ per day (overrides)")
-
-    @field_validator("tenants")
-    @classmethod
-    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
-        for name, usd in v.items():
-            if not 0 < usd < float("inf"):
-                raise ValueError(f"{name}: {usd!r} must be a positive, finite number of dollars per day")
-        return v
+    tenants: dict[str, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="tenant -> $ per day (overrides)")
 
 
 class LocalityConfig(_Strict):

@@ -251,10 +251,7 @@ class Service(Calling):
             if t is not None and t.locality is not None:
                 serving &= self.locality.mask(self.router.models, t.locality)
             eligible = [m for m, ok in zip(self.router.models, serving, strict=True) if ok]
-        try:
-            return cache_key(tenant, body, eligible)
-        except orjson.JSONEncodeError:  # (a body orjson cannot write back, e.g. nested too deep): not cached
-            return None
+        return cache_key(tenant, body, eligible)  # (bodies nest at most requests.MAX_DEPTH deep: encodable)
 
     def abandon(self, d: Decision) -> None:
         """A request that failed on our side before its call ended: its decision is written as failed

@@ -59,8 +59,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(400, "the body must be a JSON object (an OpenAI Chat Completions request)")
     try:
         req = ChatRequest.model_validate(body)
-        hints = chat_hints(request, req.router, body)
-        hints.stream = req.stream
+        hints = chat_hints(request, req, body)
     except ValidationError as e:
         return validation_error(e)
     except ValueError as e:

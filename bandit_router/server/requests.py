@@ -106,37 +106,35 @@ def number_header(request: web.Request, name: str, *, positive: bool = False,
     return value
 
 
-def chat_hints(request: web.Request, body_hints: RouterHints | None, body: dict[str, Any]) -> Hints:
-    b = body_hints or _NO_HINTS
+def chat_hints(request: web.Request, req: ChatRequest, body: dict[str, Any]) -> Hints:
+    """A chat request's hints: its ``router`` field, its output cap and stream flag, then the headers."""
+    b = req.router or _NO_HINTS
     asked = body.get("max_completion_tokens", body.get("max_tokens"))
     h = Hints(category=b.category, cost_weight=b.cost_weight, max_cost_usd=b.max_cost_usd,
               max_output_tokens=asked if isinstance(asked, int) else None, reference=b.reference,
               locality=b.locality, tenant=tenant_of(request), latency_weight=b.latency_weight,
-              max_latency_s=None if b.max_latency_ms is None else b.max_latency_ms / 1000.0,
-              stream=body.get("stream") is True)
+              max_latency_s=None if b.max_latency_ms is None else b.max_latency_ms / 1000.0, stream=req.stream)
     return apply_headers(request, h)
+
+
+# text headers validate as RouterHints fields; number headers: header -> (Hints attribute,
+# number_header's limits, divisor to the attribute's unit)
+_TEXT_HEADERS = {"X-Router-Locality": "locality", "X-Router-Category": "category"}
+_NUMBER_HEADERS: dict[str, tuple[str, dict[str, Any], float]] = {
+    "X-Router-Cost-Weight": ("cost_weight", {"maximum": MAX_WEIGHT}, 1.0),
+    "X-Router-Max-Cost-Usd": ("max_cost_usd", {"positive": True}, 1.0),
+    "X-Router-Latency-Weight": ("latency_weight", {"maximum": MAX_WEIGHT}, 1.0),
+    "X-Router-Max-Latency-Ms": ("max_latency_s", {"positive": True}, 1000.0),
+}
 
 
 def apply_headers(request: web.Request, h: Hints) -> Hints:
     """The X-Router-* hint headers, over what the body says (both endpoints read the same headers)."""
-    loc = request.headers.get("X-Router-Locality")
-    if loc is not None:
-        RouterHints(locality=loc)  # validates
-        h.locality = loc
-    cat = request.headers.get("X-Router-Category")
-    if cat is not None:
-        RouterHints(category=cat)  # validates
-        h.category = cat
-    cw = number_header(request, "X-Router-Cost-Weight", maximum=MAX_WEIGHT)
-    if cw is not None:
-        h.cost_weight = cw
-    mc = number_header(request, "X-Router-Max-Cost-Usd", positive=True)
-    if mc is not None:
-        h.max_cost_usd = mc
-    lw = number_header(request, "X-Router-Latency-Weight", maximum=MAX_WEIGHT)
-    if lw is not None:
-        h.latency_weight = lw
-    ml = number_header(request, "X-Router-Max-Latency-Ms", positive=True)
-    if ml is not None:
-        h.max_latency_s = ml / 1000.0
+    for name, attr in _TEXT_HEADERS.items():
+        if (raw := request.headers.get(name)) is not None:
+            RouterHints(**{attr: raw})  # validates
+            setattr(h, attr, raw)
+    for name, (attr, limits, divisor) in _NUMBER_HEADERS.items():
+        if (value := number_header(request, name, **limits)) is not None:
+            setattr(h, attr, value / divisor)
     return h
