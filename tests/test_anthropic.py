@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
@@ -23,6 +22,7 @@ from anthropic_server import (  # tests/ is on sys.path under pytest
 from bandit_router.procs import free_port
 from bandit_router.providers.anthropic import AnthropicProvider, ChunkTranslator, from_message, to_messages
 from bandit_router.providers.base import Provider, StreamResult, UpstreamError, Usage
+from bandit_router.providers.http import HttpClient
 
 KEY = "sk-ant-test-0123456789"
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
@@ -47,12 +47,13 @@ async def upstream(aiohttp_server) -> TestServer:
 
 
 @pytest_asyncio.fixture
-async def session() -> aiohttp.ClientSession:
-    async with aiohttp.ClientSession() as s:
-        yield s
+async def session() -> HttpClient:
+    s = HttpClient()
+    yield s
+    await s.close()
 
 
-def make(session: aiohttp.ClientSession, server: TestServer, base: str = "/", **kw: Any) -> AnthropicProvider:
+def make(session: HttpClient, server: TestServer, base: str = "/", **kw: Any) -> AnthropicProvider:
     kw.setdefault("api_key", KEY)
     return AnthropicProvider(session, name="claude-test", base_url=str(server.make_url(base)),
                              upstream_model="claude-upstream-1", **kw)
@@ -210,7 +211,7 @@ def test_chunk_translator_ignores_thinking_and_takes_cumulative_usage() -> None:
 
 
 @pytest.mark.asyncio
-async def test_complete_end_to_end(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_complete_end_to_end(upstream: TestServer, session: HttpClient) -> None:
     p: Provider = make(session, upstream)
     done = await p.complete({"model": "auto", "messages": [{"role": "system", "content": "Be kind."},
                                                            user("hello there")], "temperature": 0.3})
@@ -225,7 +226,7 @@ async def test_complete_end_to_end(upstream: TestServer, session: aiohttp.Client
 
 
 @pytest.mark.asyncio
-async def test_stop_sequences_and_max_tokens(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_stop_sequences_and_max_tokens(upstream: TestServer, session: HttpClient) -> None:
     p = make(session, upstream, "/v1")  # a base_url ending in /v1 works too
     done = await p.complete({"messages": [user("one two STOP three")], "stop": ["STOP", "zzz"]})
     assert (done.body["choices"][0]["message"]["content"], done.body["choices"][0]["finish_reason"]) == (
@@ -236,7 +237,7 @@ async def test_stop_sequences_and_max_tokens(upstream: TestServer, session: aioh
 
 
 @pytest.mark.asyncio
-async def test_tool_round_trip(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_tool_round_trip(upstream: TestServer, session: HttpClient) -> None:
     p = make(session, upstream)
     messages = [user("Please use the tool for Paris")]
     done = await p.complete({"messages": messages, "tools": [WEATHER]})
@@ -263,7 +264,7 @@ async def test_tool_round_trip(upstream: TestServer, session: aiohttp.ClientSess
 
 
 @pytest.mark.asyncio
-async def test_stream_text_matches_complete(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_stream_text_matches_complete(upstream: TestServer, session: HttpClient) -> None:
     p = make(session, upstream)
     body = {"messages": [{"role": "system", "content": "sys"}, user("stream me some words")], "stream": True}
     chunks, result = await collect(p, body)
@@ -282,7 +283,7 @@ async def test_stream_text_matches_complete(upstream: TestServer, session: aioht
 
 
 @pytest.mark.asyncio
-async def test_stream_parallel_tool_calls(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_stream_parallel_tool_calls(upstream: TestServer, session: HttpClient) -> None:
     p = make(session, upstream)
     body = {"messages": [user("now use the tools please")], "tools": [WEATHER, CLOCK]}
     chunks, result = await collect(p, body)
@@ -302,7 +303,7 @@ async def test_stream_parallel_tool_calls(upstream: TestServer, session: aiohttp
 
 
 @pytest.mark.asyncio
-async def test_cached_tokens_are_part_of_the_prompt(aiohttp_server, session: aiohttp.ClientSession) -> None:
+async def test_cached_tokens_are_part_of_the_prompt(aiohttp_server, session: HttpClient) -> None:
     server = await aiohttp_server(make_anthropic_app(api_key=KEY, cache_read_input_tokens=1000,
                                                      cache_creation_input_tokens=200))
     p = make(session, server)
@@ -313,7 +314,7 @@ async def test_cached_tokens_are_part_of_the_prompt(aiohttp_server, session: aio
 
 
 @pytest.mark.asyncio
-async def test_error_event_mid_stream(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_error_event_mid_stream(upstream: TestServer, session: HttpClient) -> None:
     p = make(session, upstream)
     result, got = StreamResult(), []
     with pytest.raises(UpstreamError) as e:
@@ -324,7 +325,7 @@ async def test_error_event_mid_stream(upstream: TestServer, session: aiohttp.Cli
 
 
 @pytest.mark.asyncio
-async def test_bad_key_is_a_502_without_the_key(upstream: TestServer, session: aiohttp.ClientSession,
+async def test_bad_key_is_a_502_without_the_key(upstream: TestServer, session: HttpClient,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     """The router's upstream key is wrong: the client must not get a 401 (which blames *its* key)."""
     wrong = "sk-ant-wrong-key-987654321"
@@ -344,7 +345,7 @@ async def test_bad_key_is_a_502_without_the_key(upstream: TestServer, session: a
     (413, 400, False, "request_too_large", True), (404, 502, False, "rejected the router's request (status 404)", True),
     (403, 502, False, "rejected the router's request (status 403)", False)])
 @pytest.mark.asyncio
-async def test_status_mapping(upstream: TestServer, session: aiohttp.ClientSession, status: int, reported: int,
+async def test_status_mapping(upstream: TestServer, session: HttpClient, status: int, reported: int,
                               retryable: bool, needle: str, detail: bool, caplog: pytest.LogCaptureFixture) -> None:
     p = make(session, upstream)
     for attempt in (lambda: p.complete({"messages": [user("hi")]}), lambda: collect(p, {"messages": [user("hi")]})):
@@ -361,7 +362,7 @@ async def test_status_mapping(upstream: TestServer, session: aiohttp.ClientSessi
 
 
 @pytest.mark.asyncio
-async def test_key_straddling_the_cut_does_not_leak(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_key_straddling_the_cut_does_not_leak(upstream: TestServer, session: HttpClient) -> None:
     """Error bodies are scrubbed before they are cut to 500 characters: no prefix of the key survives."""
     p = make(session, upstream)
     upstream.app[FAILURES].append((400, "x" * 428 + f" echo {KEY} and more text after it"))  # key at ~500
@@ -393,7 +394,7 @@ def _truncated_app(mutate: Any) -> web.Application:
     (lambda events: events[:3] + [b"event: x\ndata: [1, 2]\n\n"] + events[3:], "sent an invalid stream event", False),
 ])
 @pytest.mark.asyncio
-async def test_stream_cut_short_or_garbled_is_an_upstream_error(aiohttp_server, session: aiohttp.ClientSession,
+async def test_stream_cut_short_or_garbled_is_an_upstream_error(aiohttp_server, session: HttpClient,
                                                                 mutate: Any, needle: str, retryable: bool) -> None:
     p = make(session, await aiohttp_server(_truncated_app(mutate)))
     result, got = StreamResult(), []
@@ -406,7 +407,7 @@ async def test_stream_cut_short_or_garbled_is_an_upstream_error(aiohttp_server, 
 
 
 @pytest.mark.asyncio
-async def test_unreachable_and_timeout(aiohttp_server, session: aiohttp.ClientSession) -> None:
+async def test_unreachable_and_timeout(aiohttp_server, session: HttpClient) -> None:
     p = AnthropicProvider(session, name="c", base_url=f"http://127.0.0.1:{free_port()}", upstream_model=None,
                           api_key=KEY)
     with pytest.raises(UpstreamError) as e:

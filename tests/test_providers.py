@@ -9,7 +9,6 @@ import email.utils
 import logging
 from typing import Any
 
-import aiohttp
 import openai
 import orjson
 import pytest
@@ -29,6 +28,7 @@ from bandit_router.providers.base import (
     redact,
     transport_error,
 )
+from bandit_router.providers.http import ConnectFailed, HttpClient, UpstreamTimeout
 from bandit_router.server import make_app
 
 KEY = "sk-proj-router-upstream-key-0123456789"
@@ -119,12 +119,13 @@ async def upstream(aiohttp_server) -> TestServer:
 
 
 @pytest_asyncio.fixture
-async def session() -> aiohttp.ClientSession:
-    async with aiohttp.ClientSession() as s:
-        yield s
+async def session() -> HttpClient:
+    s = HttpClient()
+    yield s
+    await s.close()
 
 
-def make(session: aiohttp.ClientSession, server: TestServer, **kw: Any) -> OpenAICompatProvider:
+def make(session: HttpClient, server: TestServer, **kw: Any) -> OpenAICompatProvider:
     kw.setdefault("api_key", KEY)
     return OpenAICompatProvider(session, name="gpt-test", base_url=str(server.make_url("/v1")),
                                 upstream_model="up-model", **kw)
@@ -190,14 +191,14 @@ def test_redact_and_transport_errors() -> None:
     e = http_error("m", 400, f"bad: {KEY}", secret=KEY)
     assert KEY not in e.message and REDACTED in e.message
     assert (transport_error("m", TimeoutError()).status, transport_error("m", TimeoutError()).retryable) == (504, True)
-    assert transport_error("m", aiohttp.ServerTimeoutError("read")).status == 504  # a ClientError and a timeout
-    e = transport_error("m", aiohttp.ClientConnectionError(f"Authorization: Bearer {KEY}"))
+    assert transport_error("m", UpstreamTimeout("read")).status == 504  # a client error and a timeout
+    e = transport_error("m", ConnectFailed(f"Authorization: Bearer {KEY}"))
     assert (e.status, e.retryable) == (502, True) and KEY not in e.message
 
 
 # -- the OpenAI-compatible adapter ----------------------------------------------------------------
 @pytest.mark.asyncio
-async def test_complete_and_stream(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_complete_and_stream(upstream: TestServer, session: HttpClient) -> None:
     p = make(session, upstream)
     done = await p.complete(ask("ok"))
     assert done.body["model"] == "gpt-test" and done.usage == Usage(3, 2, 1)
@@ -214,7 +215,7 @@ async def test_complete_and_stream(upstream: TestServer, session: aiohttp.Client
     (400, 400, False), (413, 400, False), (422, 400, False), (429, 429, True), (401, 502, False),
     (403, 502, False), (404, 502, False), (500, 502, True), (503, 502, True)])
 @pytest.mark.asyncio
-async def test_upstream_statuses_are_mapped(upstream: TestServer, session: aiohttp.ClientSession, status: int,
+async def test_upstream_statuses_are_mapped(upstream: TestServer, session: HttpClient, status: int,
                                             reported: int, retryable: bool) -> None:
     """An upstream 401/403/404 is the router's problem (502), never passed through as the client's."""
     p = make(session, upstream)
@@ -228,7 +229,7 @@ async def test_upstream_statuses_are_mapped(upstream: TestServer, session: aioht
 
 
 @pytest.mark.asyncio
-async def test_429_keeps_retry_after(upstream: TestServer, session: aiohttp.ClientSession) -> None:
+async def test_429_keeps_retry_after(upstream: TestServer, session: HttpClient) -> None:
     p = make(session, upstream)
     for attempt in (lambda: p.complete(ask("fail 429 retry=7")), lambda: collect(p, ask("fail 429 retry=7"))):
         with pytest.raises(UpstreamError) as e:
@@ -242,7 +243,7 @@ async def test_429_keeps_retry_after(upstream: TestServer, session: aiohttp.Clie
 @pytest.mark.parametrize("prompt", ["fail 400", "fail 401", "fail 404", "fail 500", "plain 400", "plain 403",
                                     "plain 502"])
 @pytest.mark.asyncio
-async def test_the_api_key_never_leaks(upstream: TestServer, session: aiohttp.ClientSession, prompt: str,
+async def test_the_api_key_never_leaks(upstream: TestServer, session: HttpClient, prompt: str,
                                        caplog: pytest.LogCaptureFixture) -> None:
     """The upstream echoes the Authorization header in its error: neither the error nor a log line
     may contain the key (a plain-text body is scrubbed before it is cut, so no prefix survives)."""
@@ -264,7 +265,7 @@ async def test_the_api_key_never_leaks(upstream: TestServer, session: aiohttp.Cl
     ("cut", "ended the stream before data: [DONE]", True),
     ("drop", "unreachable", True)])
 @pytest.mark.asyncio
-async def test_stream_garbled_or_cut_short(upstream: TestServer, session: aiohttp.ClientSession, prompt: str,
+async def test_stream_garbled_or_cut_short(upstream: TestServer, session: HttpClient, prompt: str,
                                            needle: str, retryable: bool) -> None:
     """A bad chunk or an early end is an UpstreamError (502) after the chunks already sent, and the
     stream is not finished (so it is not accounted as a success)."""
@@ -276,7 +277,7 @@ async def test_stream_garbled_or_cut_short(upstream: TestServer, session: aiohtt
 
 @pytest.mark.asyncio
 async def test_non_object_body_unreachable_and_timeout(aiohttp_server, upstream: TestServer,
-                                                       session: aiohttp.ClientSession) -> None:
+                                                       session: HttpClient) -> None:
     with pytest.raises(UpstreamError) as e:
         await make(session, upstream).complete(ask("not an object"))
     assert e.value.status == 502 and "sent an invalid JSON body" in e.value.message

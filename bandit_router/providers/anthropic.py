@@ -27,9 +27,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 
 from .base import (
     Completion,
@@ -42,9 +40,11 @@ from .base import (
     invalid_chunk,
     transport_error,
 )
+from .http import Endpoint, HttpClient, HttpClientError, ProtocolError, Response, Timeouts
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
+MAX_LINE_BYTES = 4 * 1024 * 1024  # an SSE line longer than this is not an event
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
                   "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
 ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
@@ -252,22 +252,22 @@ class AnthropicProvider:
     trailing ``/v1`` is accepted). ``name`` is the model as the router knows it, ``upstream_model``
     the Anthropic model id; responses are relabelled with ``name``."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, name: str, base_url: str, upstream_model: str | None,
+    def __init__(self, client: HttpClient, *, name: str, base_url: str, upstream_model: str | None,
                  api_key: str | None, timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
                  first_byte_timeout_s: float | None = None,
                  default_max_tokens: int = DEFAULT_MAX_TOKENS, anthropic_version: str = ANTHROPIC_VERSION) -> None:
-        self.session = session
+        self.client = client
         self.name = name
         base = base_url.rstrip("/")
         self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
         self.upstream_model = upstream_model or name
         self.default_max_tokens = default_max_tokens
         self._api_key = api_key or ""
-        self._headers = {"content-type": "application/json", "anthropic-version": anthropic_version,
-                         **({"x-api-key": api_key} if api_key else {})}
-        # sock_read: the wait for the response headers (first byte), and then between stream chunks
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s,
-                                              sock_read=first_byte_timeout_s)
+        self._endpoint = Endpoint.of(self.url, {"content-type": "application/json",
+                                                "anthropic-version": anthropic_version,
+                                                **({"x-api-key": api_key} if api_key else {})})
+        # read: the wait for the response headers (first byte), and then between stream chunks
+        self._timeouts = Timeouts(total=timeout_s, connect=connect_timeout_s, read=first_byte_timeout_s)
 
     def _payload(self, body: dict[str, Any], stream: bool) -> bytes:
         return orjson.dumps(to_messages(body, self.upstream_model, default_max_tokens=self.default_max_tokens,
@@ -279,7 +279,7 @@ class AnthropicProvider:
         detail = f"{kind}: {msg}" + (f" (request-id {request_id})" if request_id else "")
         return http_error(self.name, status, detail, headers=headers, secret=self._api_key)
 
-    async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+    async def _error(self, resp: Response) -> UpstreamError:
         text = await error_text(resp)
         try:
             err = orjson.loads(text)["error"]
@@ -291,11 +291,11 @@ class AnthropicProvider:
     async def complete(self, body: dict[str, Any]) -> Completion:
         payload = self._payload(body, False)
         try:
-            async with self.session.post(self.url, data=payload, headers=self._headers, timeout=self._timeout) as resp:
+            async with self.client.post(self._endpoint, payload, self._timeouts) as resp:
                 if resp.status != 200:
                     raise await self._error(resp)
                 data = orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except HttpClientError as e:
             raise transport_error(self.name, e) from None
         except orjson.JSONDecodeError:
             raise invalid_chunk(self.name, "JSON body") from None
@@ -312,10 +312,10 @@ class AnthropicProvider:
         t = ChunkTranslator(self.name, include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
         payload = self._payload(body, True)
         try:
-            async with self.session.post(self.url, data=payload, headers=self._headers, timeout=self._timeout) as resp:
+            async with self.client.post(self._endpoint, payload, self._timeouts, stream=True) as resp:
                 if resp.status != 200:
                     raise await self._error(resp)
-                async for event in sse_events(resp.content):
+                async for event in sse_events(resp.lines(MAX_LINE_BYTES)):
                     if not isinstance(event, dict):
                         raise invalid_chunk(self.name, "stream event")
                     for c in t.feed(event):
@@ -328,10 +328,10 @@ class AnthropicProvider:
                         break
                 else:
                     raise cut_short(self.name, "message_stop")
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise transport_error(self.name, e) from None
-        except (orjson.JSONDecodeError, HttpProcessingError):  # bad event JSON; a line over aiohttp's buffer
+        except (orjson.JSONDecodeError, ProtocolError):  # bad event JSON; a line too long
             raise invalid_chunk(self.name, "stream event") from None
+        except HttpClientError as e:
+            raise transport_error(self.name, e) from None
         result.usage = t.usage
         for c in t.finish():
             yield c

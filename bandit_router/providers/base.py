@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
+from .http import HttpClientError, Response
 
 log = logging.getLogger("bandit_router.providers")
 
@@ -158,8 +158,8 @@ def http_error(name: str, status: int, detail: str, *, headers: Mapping[str, str
 
 def transport_error(name: str, e: BaseException) -> UpstreamError:
     """A timeout (504) or a connection failure (502), both retryable. Only the exception's type is
-    reported: its text may carry request details (aiohttp's request_info holds the headers)."""
-    if isinstance(e, TimeoutError):  # before ClientError: aiohttp's read/connect timeouts are both
+    reported: its text may carry request details."""
+    if isinstance(e, TimeoutError):
         return UpstreamError(504, f"upstream {name} timed out", retryable=True)
     return UpstreamError(502, f"upstream {name} unreachable: {type(e).__name__}", retryable=True)
 
@@ -173,11 +173,11 @@ def cut_short(name: str, marker: str) -> UpstreamError:
                          retryable=True)
 
 
-async def error_text(resp: aiohttp.ClientResponse) -> str:
+async def error_text(resp: Response) -> str:
     """An error response's body as text (at most :data:`MAX_ERROR_BODY` bytes); scrub it before use."""
     try:
-        raw = await resp.content.read(MAX_ERROR_BODY)
-    except (TimeoutError, aiohttp.ClientError):
+        raw = await resp.read(MAX_ERROR_BODY)
+    except HttpClientError:
         raw = b""
     try:
         return raw.decode(resp.charset or "utf-8", errors="replace")

@@ -1,5 +1,5 @@
 """Any OpenAI-compatible endpoint: OpenAI, vLLM, Ollama, OpenRouter, Gemini's and GLM's
-OpenAI-compatible APIs, and the simulator. One shared aiohttp ClientSession for all of them.
+OpenAI-compatible APIs, and the simulator. One shared :class:`~.http.HttpClient` for all of them.
 Errors are mapped and scrubbed of the api key by :mod:`.base` (:func:`~.base.http_error`)."""
 
 from __future__ import annotations
@@ -7,9 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 
 from .base import (
     Completion,
@@ -22,6 +20,7 @@ from .base import (
     invalid_chunk,
     transport_error,
 )
+from .http import Endpoint, HttpClient, HttpClientError, ProtocolError, Response, Timeouts
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # an SSE line longer than this is not a chunk
 
@@ -40,20 +39,20 @@ class OpenAICompatProvider:
     ``name`` is the model as the router knows it; ``upstream_model`` the id sent upstream. Responses
     are relabelled with ``name`` so the client sees the model that answered."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, name: str, base_url: str, upstream_model: str | None,
+    def __init__(self, client: HttpClient, *, name: str, base_url: str, upstream_model: str | None,
                  api_key: str | None, timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
                  first_byte_timeout_s: float | None = None) -> None:
-        self.session = session
+        self.client = client
         self.name = name
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.upstream_model = upstream_model or name
         self._api_key = api_key or ""
-        self._headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        # sock_read: the wait for the response headers (first byte), and then between stream chunks
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s,
-                                              sock_read=first_byte_timeout_s)
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._endpoint = Endpoint.of(self.url, headers)
+        # read: the wait for the response headers (first byte), and then between stream chunks
+        self._timeouts = Timeouts(total=timeout_s, connect=connect_timeout_s, read=first_byte_timeout_s)
 
     def _payload(self, body: dict[str, Any], stream: bool) -> bytes:
         out = dict(body)
@@ -67,7 +66,7 @@ class OpenAICompatProvider:
             out.pop("stream_options", None)
         return orjson.dumps(out)
 
-    async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+    async def _error(self, resp: Response) -> UpstreamError:
         text = await error_text(resp)
         try:
             msg = str(orjson.loads(text)["error"]["message"])
@@ -85,12 +84,11 @@ class OpenAICompatProvider:
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         try:
-            async with self.session.post(self.url, data=self._payload(body, False), headers=self._headers,
-                                         timeout=self._timeout) as resp:
+            async with self.client.post(self._endpoint, self._payload(body, False), self._timeouts) as resp:
                 if resp.status != 200:
                     raise await self._error(resp)
                 data = orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except HttpClientError as e:
             raise transport_error(self.name, e) from None
         except orjson.JSONDecodeError:
             raise invalid_chunk(self.name, "JSON body") from None
@@ -125,14 +123,14 @@ class OpenAICompatProvider:
         object in the stream raise :class:`UpstreamError` (after the chunks already yielded)."""
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         try:
-            async with self.session.post(self.url, data=self._payload(body, True), headers=self._headers,
-                                         timeout=self._timeout) as resp:
+            async with self.client.post(self._endpoint, self._payload(body, True), self._timeouts,
+                                        stream=True) as resp:
                 if resp.status != 200:
                     raise await self._error(resp)
                 pending = b""
                 done = False
                 # whatever arrived in one read, split into SSE lines here: one pass per read, not per line
-                async for data in resp.content.iter_any():
+                async for data in resp.iter_any():
                     pending += data
                     lines = pending.split(b"\n")
                     pending = lines.pop()
@@ -158,8 +156,8 @@ class OpenAICompatProvider:
                         break
                 if not done:
                     raise cut_short(self.name, "data: [DONE]")
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise transport_error(self.name, e) from None
-        except HttpProcessingError:  # a line longer than aiohttp's buffer
+        except ProtocolError:
             raise invalid_chunk(self.name) from None
+        except HttpClientError as e:
+            raise transport_error(self.name, e) from None
         result.finished = True

@@ -10,7 +10,6 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -18,6 +17,7 @@ from ..categories import CategoryClassifier
 from ..config import RouterConfig
 from ..providers import OpenAICompatProvider, Provider
 from ..providers.anthropic import AnthropicProvider
+from ..providers.http import HttpClient
 from ..router import Router
 from ..service import Service
 from ..storage import open_store
@@ -43,11 +43,10 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = open_store(app[DB_PATH])
     await store.start()
-    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=500, ttl_dns_cache=300)
-    session = aiohttp.ClientSession(connector=connector, json_serialize=None)  # type: ignore[arg-type]
+    client = HttpClient(limit_per_host=500)
     adapters = {"openai": OpenAICompatProvider, "anthropic": AnthropicProvider}
     providers: dict[str, Provider] = {
-        m.name: adapters[m.provider](session, name=m.name, base_url=m.base_url, upstream_model=m.upstream_model,
+        m.name: adapters[m.provider](client, name=m.name, base_url=m.base_url, upstream_model=m.upstream_model,
                                      api_key=m.api_key(), timeout_s=m.timeout_s, connect_timeout_s=m.connect_timeout_s,
                                      first_byte_timeout_s=m.first_byte_timeout_s)
         for m in config.models
@@ -62,7 +61,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.grading.drain()
         service.checkpoint()
         await store.close()
-        await session.close()
+        await client.close()
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,0 +1,426 @@
+"""The upstream HTTP/1.1 client: keep-alive pools, three timeouts, and nothing else.
+
+Every provider POSTs a JSON body to one URL and reads a JSON answer or a stream of server-sent
+events. This client does exactly that, on asyncio protocols with the llhttp parser (``httptools``,
+the parser Node.js and uvicorn use): about 25 µs of CPU per call, where aiohttp's ClientSession
+takes about 100 (``benchmarks/overhead.py`` measures the difference the router sees). What it
+does not do: redirects, cookies, proxies, compression (it does not ask for any), HTTP/2.
+
+* One pool of kept-alive connections per (scheme, host, port), at most ``limit_per_host`` open at
+  once; an idle connection is closed after ``keepalive_s`` or when the upstream closes it.
+* :class:`Timeouts`: ``connect`` (a new connection, TLS included), ``read`` (the wait for the
+  response headers, then the longest gap between two reads of the body), ``total`` (the whole
+  call, from the wait for a connection to the last byte of the body).
+* A kept-alive connection the upstream closed before it answered a byte is retried once on a new
+  connection (the upstream closed it while idle; the request never reached it).
+* Errors are :class:`HttpClientError`; timeouts are also :class:`TimeoutError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+
+MAX_BODY = 64 * 1024 * 1024  # a response body longer than this is an error
+HIGH_WATER = 1024 * 1024  # a stream pauses reading from the upstream while this much waits unread
+
+
+class HttpClientError(Exception):
+    """The upstream could not be reached, broke the protocol or timed out (see the subclasses)."""
+
+
+class ConnectFailed(HttpClientError):
+    pass
+
+
+class Disconnected(HttpClientError):
+    """The connection closed before the whole response arrived."""
+
+
+class ProtocolError(HttpClientError):
+    """The response is not valid HTTP/1.1, or it is larger than the client accepts."""
+
+
+class UpstreamTimeout(HttpClientError, TimeoutError):
+    pass
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds (None: no limit). See the module docstring for what each one covers."""
+
+    total: float | None = 120.0
+    connect: float | None = 10.0
+    read: float | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a provider POSTs: a URL parsed once, and its request head without Content-Length."""
+
+    scheme: str
+    host: str
+    port: int
+    head: bytes
+
+    @classmethod
+    def of(cls, url: str, headers: Mapping[str, str]) -> Endpoint:
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"base_url: {url!r} is not an http(s) URL")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        host = u.hostname if ":" not in u.hostname else f"[{u.hostname}]"
+        host_header = host if u.port is None else f"{host}:{port}"
+        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host_header}", "Accept: application/json",
+                 "User-Agent: bandit-router"]
+        for k, v in headers.items():
+            if any(c in k or c in v for c in "\r\n\0") or ":" in k:
+                raise ValueError(f"header {k!r}: names and values may not contain ':' (names), CR, LF or NUL")
+            lines.append(f"{k}: {v}")
+        return cls(u.scheme, u.hostname, port, ("\r\n".join(lines) + "\r\n").encode("latin-1"))
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection, and the response being read on it (callbacks from llhttp)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.waiter: asyncio.Future[None] | None = None
+        self.new_response(streaming=False)
+
+    def new_response(self, streaming: bool) -> None:
+        self.streaming = streaming
+        self.status = 0
+        self.reason = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.received = False  # any byte of this response
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: HttpClientError | None = None
+        self.last_read = self.loop.time()
+        self.paused = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        self.last_read = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self.fail(ProtocolError(f"invalid HTTP response: {e}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete and self.error is None:
+            if self.headers_done and self._ends_at_close():
+                self.complete = True  # a body without a length ends when the connection does
+            else:
+                self.error = Disconnected("the upstream closed the connection before the response ended")
+        self.wake()
+
+    # -- llhttp callbacks ----------------------------------------------------------------------
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.headers_done = True
+        self.wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.streaming:
+            if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+                self.transport.pause_reading()
+                self.paused = True
+            self.wake()
+        elif self.buffered > MAX_BODY:
+            self.fail(ProtocolError(f"the response body is longer than {MAX_BODY} bytes"))
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self.wake()
+
+    # -------------------------------------------------------------------------------------------
+    def _ends_at_close(self) -> bool:
+        names = {k.lower() for k, _ in self.raw_headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def fail(self, error: HttpClientError) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self.close()
+        self.wake()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            self.paused = False
+        return data
+
+
+class Response:
+    """An upstream's answer: status and headers at once, the body by :meth:`read` or :meth:`iter_any`."""
+
+    def __init__(self, conn: _Connection, deadline: float | None, read_s: float | None) -> None:
+        self._conn = conn
+        self._deadline = deadline
+        self._read_s = read_s
+        self.status = conn.status
+        self.reason = conn.reason.decode("latin-1")
+
+    @functools.cached_property
+    def headers(self) -> dict[str, str]:
+        """Header names in lower case (a repeated header: its last value)."""
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._conn.raw_headers}
+
+    @property
+    def charset(self) -> str | None:
+        for part in self.headers.get("content-type", "").split(";")[1:]:
+            k, _, v = part.strip().partition("=")
+            if k.lower() == "charset" and v:
+                return v.strip('"')
+        return None
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The body (the first ``limit`` bytes of it: enough for an error message)."""
+        c = self._conn
+        while not c.complete and (limit is None or c.buffered < limit):
+            await wait(c, self._deadline, self._read_s)
+        data = c.take()
+        return data if limit is None else data[:limit]
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: whatever each wait brought, in one piece."""
+        c = self._conn
+        while True:
+            if c.chunks:
+                yield c.take()
+            elif c.complete:
+                return
+            else:
+                await wait(c, self._deadline, self._read_s)
+
+    async def lines(self, max_line: int) -> AsyncIterator[bytes]:
+        """The body line by line (each with its ``\n``; the last one may lack it); a line longer
+        than ``max_line`` bytes is a :class:`ProtocolError`."""
+        pending = b""
+        async for data in self.iter_any():
+            pending += data
+            *done, pending = pending.split(b"\n")
+            for line in done:
+                if len(line) > max_line:
+                    break
+                yield line + b"\n"
+            else:
+                if len(pending) <= max_line:
+                    continue
+            raise ProtocolError(f"a line of the response is longer than {max_line} bytes")
+        if pending:
+            yield pending
+
+
+async def wait(c: _Connection, deadline: float | None, read_s: float | None) -> None:
+    """Until the connection has news; raises its error, or :class:`UpstreamTimeout`."""
+    if c.error is not None:
+        raise c.error
+    loop = c.loop
+    fut = loop.create_future()
+    c.waiter = fut
+
+    def check() -> None:
+        nonlocal handle
+        now = loop.time()
+        if deadline is not None and now >= deadline:
+            c.fail(UpstreamTimeout("the upstream took longer than the total timeout"))
+        elif read_s is not None and now >= c.last_read + read_s:
+            what = "its response headers" if not c.headers_done else "more of its response"
+            c.fail(UpstreamTimeout(f"the upstream sent no byte for {read_s:g} s while the router waited for {what}"))
+        else:
+            handle = loop.call_at(_next_check(c, deadline, read_s), check)
+
+    at = _next_check(c, deadline, read_s)
+    handle = loop.call_at(at, check) if at is not None else None
+    try:
+        await fut
+    finally:
+        c.waiter = None
+        if handle is not None:
+            handle.cancel()
+    if c.error is not None:
+        raise c.error
+
+
+def _next_check(c: _Connection, deadline: float | None, read_s: float | None) -> float | None:
+    if read_s is None:
+        return deadline
+    at = c.last_read + read_s
+    return at if deadline is None or at < deadline else deadline
+
+
+class _Pool:
+    """Kept-alive connections to one (scheme, host, port)."""
+
+    def __init__(self, endpoint: Endpoint, limit: int, keepalive_s: float, ssl_context: ssl.SSLContext | None) -> None:
+        self.endpoint = endpoint
+        self.idle: list[_Connection] = []
+        self.slots = asyncio.Semaphore(limit)
+        self.keepalive_s = keepalive_s
+        self.ssl = ssl_context
+
+    def reuse(self, now: float) -> _Connection | None:
+        while self.idle:
+            c = self.idle.pop()
+            if not c.closed and now - c.idle_since < self.keepalive_s:
+                return c
+            c.close()
+        return None
+
+    async def connect(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> _Connection:
+        ep = self.endpoint
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(loop), ep.host, ep.port, ssl=self.ssl,
+                                       server_hostname=ep.host if self.ssl else None), timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no connection to {ep.host}:{ep.port} within {timeout:g} s") from None
+        except OSError as e:
+            raise ConnectFailed(f"cannot connect to {ep.host}:{ep.port}: {e.strerror or type(e).__name__}") from None
+        return conn
+
+    def release(self, c: _Connection, now: float) -> None:
+        if c.complete and c.keep_alive and not c.closed and c.error is None:
+            c.idle_since = now
+            self.idle.append(c)
+        else:
+            c.close()
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+
+
+class HttpClient:
+    """One per router: the pools of every upstream. :meth:`post` is the only call."""
+
+    def __init__(self, *, limit_per_host: int = 500, keepalive_s: float = 15.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: for https upstreams; by default the system's CAs (``SSL_CERT_FILE`` and
+        ``SSL_CERT_DIR`` are honoured), created at the first https call."""
+        self.limit_per_host = limit_per_host
+        self.keepalive_s = keepalive_s
+        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._ssl = ssl_context
+
+    def _pool(self, ep: Endpoint) -> _Pool:
+        pool = self._pools.get((ep.scheme, ep.host, ep.port))
+        if pool is None:
+            if ep.scheme == "https" and self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            pool = _Pool(ep, self.limit_per_host, self.keepalive_s, self._ssl if ep.scheme == "https" else None)
+            self._pools[(ep.scheme, ep.host, ep.port)] = pool
+        return pool
+
+    def post(self, ep: Endpoint, body: bytes, timeouts: Timeouts, *, stream: bool = False) -> _Call:
+        """``async with client.post(endpoint, body, timeouts) as response:``; the connection goes back
+        to its pool when the block ends with the body read, and is closed otherwise."""
+        return _Call(self, ep, body, timeouts, stream)
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+class _Call:
+    __slots__ = ("client", "ep", "body", "timeouts", "stream", "pool", "conn")
+
+    def __init__(self, client: HttpClient, ep: Endpoint, body: bytes, timeouts: Timeouts, stream: bool) -> None:
+        self.client, self.ep, self.body, self.timeouts, self.stream = client, ep, body, timeouts, stream
+        self.conn: _Connection | None = None
+
+    async def __aenter__(self) -> Response:
+        loop = asyncio.get_running_loop()
+        t = self.timeouts
+        deadline = None if t.total is None else loop.time() + t.total
+        self.pool = pool = self.client._pool(self.ep)
+        if pool.slots.locked():
+            try:
+                await asyncio.wait_for(pool.slots.acquire(), t.total)
+            except TimeoutError:
+                raise UpstreamTimeout(f"no free connection to {self.ep.host}:{self.ep.port} within the total "
+                                      "timeout") from None
+        else:
+            await pool.slots.acquire()  # free: returns at once
+        try:
+            for _ in range(2):
+                conn = pool.reuse(loop.time())
+                reused = conn is not None
+                if conn is None:
+                    conn = await pool.connect(loop, t.connect if deadline is None
+                                              else min(t.connect or t.total or 0.0, deadline - loop.time()))
+                self.conn = conn
+                conn.new_response(self.stream)
+                assert conn.transport is not None
+                conn.transport.write(b"%sContent-Length: %d\r\n\r\n%s" % (self.ep.head, len(self.body), self.body))
+                try:
+                    while not conn.headers_done:
+                        await wait(conn, deadline, t.read)
+                    break
+                except Disconnected:
+                    if not reused or conn.received:
+                        raise
+                    conn.close()  # closed by the upstream while idle: once more, on a new connection
+            return Response(conn, deadline, t.read)
+        except BaseException:
+            self._done(ok=False)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._done(ok=exc[0] is None)
+
+    def _done(self, ok: bool) -> None:
+        c = self.conn
+        if c is not None:
+            self.conn = None
+            if ok and c.complete:
+                self.pool.release(c, c.loop.time())
+            else:
+                c.close()  # mid-response, or failed: not reusable
+        self.pool.slots.release()

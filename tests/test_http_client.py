@@ -1,0 +1,348 @@
+"""The upstream HTTP/1.1 client (bandit_router/providers/http.py) against real sockets on loopback:
+keep-alive pools, bodies by length, chunks and close, the three timeouts, a pool's limit,
+cancellation, broken responses, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bandit_router.procs import free_port
+from bandit_router.providers import http
+from bandit_router.providers.http import (
+    ConnectFailed,
+    Disconnected,
+    Endpoint,
+    HttpClient,
+    ProtocolError,
+    Timeouts,
+    UpstreamTimeout,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}'
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """One request (head and Content-Length body) off the socket; None at EOF."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+class Upstream:
+    """A raw TCP server: each connection is handed to ``handler``; counts connections."""
+
+    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.handler, self.ssl = handler, ssl_context
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+
+    async def __aenter__(self) -> Upstream:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+            try:
+                await self.handler(reader, writer)
+            finally:
+                self.open -= 1
+                writer.close()
+
+        self.port = free_port()
+        self.server = await asyncio.start_server(serve, "127.0.0.1", self.port, ssl=self.ssl)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    def endpoint(self, scheme: str = "http", headers: dict[str, str] | None = None) -> Endpoint:
+        return Endpoint.of(f"{scheme}://127.0.0.1:{self.port}/v1/chat/completions", headers or {})
+
+
+async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while await read_request(reader) is not None:
+        writer.write(OK)
+        await writer.drain()
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[HttpClient]:
+    c = HttpClient()
+    yield c
+    await c.close()
+
+
+async def post(client: HttpClient, ep: Endpoint, timeouts: Timeouts | None = None) -> tuple[int, bytes]:
+    async with client.post(ep, b"{\"q\": 1}", timeouts or Timeouts(total=5)) as r:
+        return r.status, await r.read()
+
+
+@pytest.mark.asyncio
+async def test_connections_are_kept_alive_and_the_request_is_well_formed(client: HttpClient) -> None:
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (req := await read_request(reader)) is not None:
+            seen.append(req)
+            writer.write(OK)
+
+    async with Upstream(record) as up:
+        ep = up.endpoint(headers={"Authorization": "Bearer k"})
+        for _ in range(20):
+            assert await post(client, ep) == (200, b'{"ok": true}')
+        assert up.connections == 1
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/chat/completions HTTP/1.1" and body == b'{"q": 1}'
+    assert {b"Host: 127.0.0.1:%d" % up.port, b"Authorization: Bearer k", b"Content-Length: 8"} <= set(lines)
+
+
+@pytest.mark.asyncio
+async def test_bodies_by_chunks_and_by_close(client: HttpClient) -> None:
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"hello ", b"chunked ", b"world"):
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+        await answer_ok(reader, writer)  # and the connection stays usable
+
+    async with Upstream(chunked) as up:
+        assert await post(client, up.endpoint()) == (200, b"hello chunked world")
+        assert await post(client, up.endpoint()) == (200, b'{"ok": true}')
+        assert up.connections == 1
+
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    async with Upstream(until_close) as up:
+        for _ in range(2):  # not reused: it closed
+            assert await post(client, up.endpoint()) == (200, b"all of it")
+        assert up.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_an_idle_connection_closed_by_the_upstream_is_retried_once(client: HttpClient) -> None:
+    async def one_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)  # the next request on this connection: closed without a byte
+
+    async with Upstream(one_then_hang_up) as up:
+        ep = up.endpoint()
+        for _ in range(3):
+            assert await post(client, ep) == (200, b'{"ok": true}')
+        assert up.connections == 3  # each second request went to a new connection
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with Upstream(never_answer) as up:  # a new connection closed without an answer: no retry
+        with pytest.raises(Disconnected):
+            await post(client, up.endpoint())
+        assert up.connections == 1
+
+    async def half_an_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+
+    async with Upstream(half_an_answer) as up:
+        with pytest.raises(Disconnected):
+            await post(client, up.endpoint())
+
+
+@pytest.mark.asyncio
+async def test_the_three_timeouts(client: HttpClient) -> None:
+    async def slow_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(1.0)
+        writer.write(OK)
+
+    async with Upstream(slow_headers) as up:
+        with pytest.raises(UpstreamTimeout, match="response headers"):
+            await post(client, up.endpoint(), Timeouts(total=5, read=0.1))
+        with pytest.raises(UpstreamTimeout, match="total timeout"):
+            await post(client, up.endpoint(), Timeouts(total=0.1))
+        assert await post(client, up.endpoint(), Timeouts(total=5, read=2)) == (200, b'{"ok": true}')
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+        for _ in range(20):  # a byte every 50 ms: never a 0.2 s gap, but 1 s in all
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    async with Upstream(trickle) as up:
+        assert await post(client, up.endpoint(), Timeouts(total=5, read=0.2)) == (200, b"x" * 20)
+        with pytest.raises(UpstreamTimeout, match="total timeout"):
+            await post(client, up.endpoint(), Timeouts(total=0.4, read=0.2))
+
+    async def stall_mid_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await asyncio.sleep(1.0)
+
+    async with Upstream(stall_mid_stream) as up:
+        got: list[bytes] = []
+        with pytest.raises(UpstreamTimeout, match="more of its response"):
+            async with client.post(up.endpoint(), b"{}", Timeouts(total=5, read=0.2), stream=True) as r:
+                async for data in r.iter_any():
+                    got.append(data)
+        assert got == [b"first"]
+
+
+@pytest.mark.asyncio
+async def test_connect_failures(client: HttpClient) -> None:
+    with pytest.raises(ConnectFailed, match="cannot connect"):
+        await post(client, Endpoint.of(f"http://127.0.0.1:{free_port()}/v1", {}))
+
+
+@pytest.mark.asyncio
+async def test_a_pool_opens_at_most_its_limit_and_queues_the_rest() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            await asyncio.sleep(0.05)
+            writer.write(OK)
+
+    c = HttpClient(limit_per_host=2)
+    try:
+        async with Upstream(slow) as up:
+            got = await asyncio.gather(*(post(c, up.endpoint()) for _ in range(8)))
+            assert got == [(200, b'{"ok": true}')] * 8
+            assert up.most_open == 2 and up.connections == 2
+            busy = [asyncio.create_task(post(c, up.endpoint())) for _ in range(2)]
+            await asyncio.sleep(0.01)
+            with pytest.raises(UpstreamTimeout, match="no free connection"):  # the queue counts in the total
+                await post(c, up.endpoint(), Timeouts(total=0.02))
+            assert await asyncio.gather(*busy) == [(200, b'{"ok": true}')] * 2
+    finally:
+        await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_call_closes_its_connection(client: HttpClient) -> None:
+    async def slow_then_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            await asyncio.sleep(0.3)
+            writer.write(OK)
+
+    async with Upstream(slow_then_ok) as up:
+        task = asyncio.create_task(post(client, up.endpoint()))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await post(client, up.endpoint()) == (200, b'{"ok": true}')
+        assert up.connections == 2  # the half-read answer of the first was not taken for the second's
+
+
+@pytest.mark.asyncio
+async def test_broken_and_oversized_responses(client: HttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"this is not HTTP\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async with Upstream(garbage) as up:
+        with pytest.raises(ProtocolError, match="invalid HTTP"):
+            await post(client, up.endpoint())
+
+    monkeypatch.setattr(http, "MAX_BODY", 1000)
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000)
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async with Upstream(huge) as up:
+        with pytest.raises(ProtocolError, match="longer than 1000 bytes"):
+            await post(client, up.endpoint())
+
+
+@pytest.mark.asyncio
+async def test_a_slow_reader_pauses_the_upstream_and_loses_nothing(client: HttpClient,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "HIGH_WATER", 64)
+    parts = [b"%04d:" % i + b"y" * 200 + b"\n" for i in range(200)]
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for p in parts:
+                writer.write(b"%x\r\n%s\r\n" % (len(p), p))
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with Upstream(stream) as up:
+        async with client.post(up.endpoint(), b"{}", Timeouts(total=5), stream=True) as r:
+            lines = []
+            async for line in r.lines(max_line=1000):
+                lines.append(line)
+                await asyncio.sleep(0)
+        assert lines == parts
+        assert await post(client, up.endpoint()) == (200, b"".join(parts))
+        assert up.connections == 1
+        with pytest.raises(ProtocolError, match="longer than 100 bytes"):
+            async with client.post(up.endpoint(), b"{}", Timeouts(total=5), stream=True) as r:
+                async for _ in r.lines(max_line=100):
+                    pass
+
+
+def test_endpoints_refuse_bad_urls_and_header_injection() -> None:
+    ep = Endpoint.of("https://api.example.com/v1/chat/completions?x=1", {"X-Key": "v"})
+    assert (ep.scheme, ep.host, ep.port) == ("https", "api.example.com", 443)
+    assert ep.head.startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: api.example.com\r\n")
+    with pytest.raises(ValueError, match="not an http"):
+        Endpoint.of("ftp://example.com/v1", {})
+    with pytest.raises(ValueError, match="CR, LF"):
+        Endpoint.of("http://example.com/v1", {"Authorization": "Bearer k\r\nX-Evil: 1"})
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_tls(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    async with Upstream(answer_ok, server_ctx) as up:
+        trusting = HttpClient(ssl_context=ssl.create_default_context(cafile=str(cert)))
+        try:
+            assert await post(trusting, up.endpoint("https")) == (200, b'{"ok": true}')
+            assert await post(trusting, up.endpoint("https")) == (200, b'{"ok": true}')
+            assert up.connections == 1
+        finally:
+            await trusting.close()
+        default = HttpClient()  # the system's CAs do not know this certificate
+        try:
+            with pytest.raises(ConnectFailed):
+                await post(default, up.endpoint("https"))
+        finally:
+            await default.close()
