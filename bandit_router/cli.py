@@ -109,9 +109,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.admin_local_only and not is_loopback(host):
         raise ValueError(f"serve: --admin-local-only needs a loopback --host (127.0.0.1, ::1 or localhost), "
                          f"not {host!r}; to serve other hosts set BANDIT_ROUTER_ADMIN_TOKEN or admin.token")
-    # the storage writer thread shares the GIL with the event loop: hand it back sooner than the
-    # default 5 ms, so a batch being written never stalls requests for long
-    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # the admin token, client keys and upstream keys never reach the log, whatever a message carries
     install_log_redaction(AuthSettings.from_config(config).secrets)

@@ -6,7 +6,8 @@ Real processes on loopback: ``bandit-router simulate`` (the seed article's four 
 once); after the warm-up, the model the router uses most fails 30% of calls (500) and the next one
 hangs on 10% (no answer for 60 s),
 and ``bandit-router serve`` in front of it (SQLite in a temporary directory, a 1 s first-byte
-timeout, the default retries, fallbacks and breakers). An open-loop generator starts ``--rate``
+timeout, the default retries, fallbacks and breakers). An open-loop generator (on the router's own
+upstream client, ``bandit_router/providers/http.py``, the cheapest on hand) starts ``--rate``
 requests a second for ``--seconds``: 70% plain completions, 30% streamed, each followed by feedback
 when it succeeds. Every loop is bounded in count and time; at most ``--max-in-flight`` requests are
 outstanding (the excess is counted as "not sent", never silently dropped).
@@ -31,13 +32,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
+import orjson
 import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bandit_router.config import EXAMPLE_CONFIG
 from bandit_router.procs import free_port, start, stop
+from bandit_router.providers.http import Endpoint, HttpClient, HttpClientError, Timeouts
 
+TIMEOUTS = Timeouts(total=120.0)
 PROMPTS = ["Write a Python function that reverses a linked list.", "What is the derivative of x**3 + 2x?",
            "Summarise the plot of Hamlet in two sentences.", "Which gas do plants absorb? A) O2 B) CO2 C) N2",
            "Prove that the square root of 2 is irrational.", "Explain TCP slow start briefly."]
@@ -79,22 +82,22 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def one(s: aiohttp.ClientSession, url: str, rng: random.Random, tally: Tally, stream: bool) -> None:
+async def one(client: HttpClient, ends: dict[str, Endpoint], rng: random.Random, tally: Tally, stream: bool) -> None:
     body = {"model": "auto", "messages": [{"role": "user", "content": rng.choice(PROMPTS)}], "stream": stream}
     t0 = time.perf_counter()
     try:
-        async with s.post(url + "/v1/chat/completions", json=body) as r:
+        async with client.post(ends["chat"], orjson.dumps(body), TIMEOUTS, stream=stream) as r:
             if r.status != 200:
                 tally.error(f"HTTP {r.status}")
                 await r.read()
                 return
-            eid = r.headers["X-Router-Event-Id"]
-            if r.headers.get("X-Router-Fallback"):
+            eid = r.headers["x-router-event-id"]
+            if r.headers.get("x-router-fallback"):
                 tally.fallbacks += 1
             if stream:
                 tally.streamed += 1
                 done = errored = False
-                async for line in r.content:
+                async for line in r.lines(1 << 20):
                     if line.startswith(b"data: [DONE]"):
                         done = True
                     elif line.startswith(b'data: {"error"'):
@@ -104,30 +107,33 @@ async def one(s: aiohttp.ClientSession, url: str, rng: random.Random, tally: Tal
                     return
             else:
                 await r.read()
-    except (aiohttp.ClientError, TimeoutError) as e:
+    except HttpClientError as e:
         tally.error(type(e).__name__)
         return
     tally.latencies.append(time.perf_counter() - t0)
     tally.ok += 1
     score = round(rng.random(), 3)
     try:
-        async with s.post(url + "/v1/feedback", json={"event_id": eid, "score": score}) as r:
+        async with client.post(ends["feedback"], orjson.dumps({"event_id": eid, "score": score}), TIMEOUTS) as r:
+            await r.read()
             if r.status == 200:
                 tally.feedback_acked.append((eid, score))
             else:
                 tally.feedback_failed += 1
-    except (aiohttp.ClientError, TimeoutError):
+    except HttpClientError:
         tally.feedback_failed += 1
 
 
 async def drive(url: str, rate: float, seconds: float, max_in_flight: int, seed: int, tally: Tally,
                 progress: Progress | None) -> float:
     rng = random.Random(seed)
-    timeout = aiohttp.ClientTimeout(total=120)
-    connector = aiohttp.TCPConnector(limit=max_in_flight)
+    json_body = {"Content-Type": "application/json"}
+    ends = {"chat": Endpoint.of(url + "/v1/chat/completions", json_body),
+            "feedback": Endpoint.of(url + "/v1/feedback", json_body)}
     in_flight: set[asyncio.Task[None]] = set()
     task_id = progress.add_task("load", total=int(rate * seconds)) if progress else None
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as s:
+    client = HttpClient(limit_per_host=max_in_flight)
+    try:
         t_start = loop_t = time.perf_counter()
         due = 0
         tick = 0.01
@@ -139,7 +145,7 @@ async def drive(url: str, rate: float, seconds: float, max_in_flight: int, seed:
                     tally.not_sent += 1
                     continue
                 tally.sent += 1
-                t = asyncio.create_task(one(s, url, rng, tally, stream=rng.random() < 0.3))
+                t = asyncio.create_task(one(client, ends, rng, tally, stream=rng.random() < 0.3))
                 in_flight.add(t)
                 t.add_done_callback(in_flight.discard)
             if progress is not None and task_id is not None:
@@ -149,6 +155,8 @@ async def drive(url: str, rate: float, seconds: float, max_in_flight: int, seed:
         elapsed = time.perf_counter() - t_start
         if in_flight:
             await asyncio.wait(in_flight, timeout=120)  # bounded: every request has a 120 s timeout too
+    finally:
+        await client.close()
     return elapsed
 
 

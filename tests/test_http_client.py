@@ -346,3 +346,47 @@ async def test_tls(tmp_path: Path) -> None:
                 await post(default, up.endpoint("https"))
         finally:
             await default.close()
+
+
+@pytest.mark.asyncio
+async def test_answers_read_to_their_end_go_back_to_the_pool(client: HttpClient,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error answer the caller raised on, and a stream left after its last event whose end comes a
+    moment later, keep their connection; a body that never ends is closed after DRAIN_S."""
+    monkeypatch.setattr(http, "DRAIN_S", 0.2)
+
+    async def varied(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (req := await read_request(reader)) is not None:
+            if b"error" in req:
+                writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops")
+            elif b"stream" in req:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nlast\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"0\r\n\r\n")
+            elif b"endless" in req:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nmore\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(5)
+            else:
+                writer.write(OK)
+
+    async with Upstream(varied) as up:
+        ep = up.endpoint()
+        with pytest.raises(RuntimeError):
+            async with client.post(ep, b"error", Timeouts(total=5)) as r:
+                assert (r.status, await r.read(100)) == (500, b"oops")
+                raise RuntimeError("the caller's own error, after the whole answer")
+        async with client.post(ep, b"stream", Timeouts(total=5), stream=True) as r:
+            async for line in r.lines(100):
+                assert line == b"last\n"
+                break  # the caller's last event: the chunked terminator is still on its way
+        await asyncio.sleep(0.1)
+        assert await post(client, ep) == (200, b'{"ok": true}')
+        assert up.connections == 1
+        async with client.post(ep, b"endless", Timeouts(total=5), stream=True) as r:
+            async for _ in r.iter_any():
+                break
+        await asyncio.sleep(0.3)  # never ends: closed after DRAIN_S, not pooled
+        assert await post(client, ep) == (200, b'{"ok": true}')
+        assert up.connections == 2

@@ -30,6 +30,7 @@ import httptools
 
 MAX_BODY = 64 * 1024 * 1024  # a response body longer than this is an error
 HIGH_WATER = 1024 * 1024  # a stream pauses reading from the upstream while this much waits unread
+DRAIN_S = 1.0  # how long a response left before its end may take to finish and join the pool
 
 
 class HttpClientError(Exception):
@@ -97,6 +98,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.drain_to: _Pool | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.new_response(streaming=False)
 
@@ -129,6 +131,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.drain_to = None
         if not self.complete and self.error is None:
             if self.headers_done and self._ends_at_close():
                 self.complete = True  # a body without a length ends when the connection does
@@ -162,6 +165,9 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
+        if self.drain_to is not None:  # given back before its end (a stream read up to its last event)
+            pool, self.drain_to = self.drain_to, None
+            pool.release(self, self.loop.time())
         self.wake()
 
     # -------------------------------------------------------------------------------------------
@@ -409,18 +415,32 @@ class _Call:
                     conn.close()  # closed by the upstream while idle: once more, on a new connection
             return Response(conn, deadline, t.read)
         except BaseException:
-            self._done(ok=False)
+            if self.conn is not None and not self.conn.headers_done:
+                self.conn.close()  # cancelled while waiting for the headers
+            self._done()
             raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self._done(ok=exc[0] is None)
+        self._done()
 
-    def _done(self, ok: bool) -> None:
+    def _done(self) -> None:
+        """Back to the pool: a response read to its end (whatever the caller made of it), or one whose
+        last bytes are on their way (a stream left after its final event: it joins the pool when they
+        arrive, within :data:`DRAIN_S`). Anything else is closed: the upstream may still be sending."""
         c = self.conn
         if c is not None:
             self.conn = None
-            if ok and c.complete:
+            if c.complete:
                 self.pool.release(c, c.loop.time())
+            elif c.headers_done and c.error is None and not c.closed:
+                c.drain_to = self.pool
+                c.loop.call_later(DRAIN_S, _drop_if_draining, c)
             else:
-                c.close()  # mid-response, or failed: not reusable
+                c.close()  # failed, or before the headers: not reusable
         self.pool.slots.release()
+
+
+def _drop_if_draining(c: _Connection) -> None:
+    if c.drain_to is not None:
+        c.drain_to = None
+        c.close()

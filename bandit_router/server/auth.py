@@ -21,6 +21,7 @@ nor the length of a secret leaks, and every client key is compared whichever mat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -163,10 +164,13 @@ def tenant_of(request: web.Request) -> str:
 
 
 def _area(request: web.Request) -> str | None:
-    paths = [request.path]
     resource = request.match_info.route.resource
-    if resource is not None:
-        paths.append(resource.canonical)
+    return _area_of(request.path, None if resource is None else resource.canonical)
+
+
+@functools.lru_cache(maxsize=1024)  # by path: the same few paths, over and over
+def _area_of(path: str, canonical: str | None) -> str | None:
+    paths = [path] if canonical is None else [path, canonical]
     if "/metrics" in paths:  # Prometheus scrapes with the admin token (scrape config: authorization)
         return "admin"
     for area in ("admin", "v1"):

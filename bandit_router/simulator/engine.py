@@ -10,7 +10,6 @@ a run is reproducible, and models do not disturb each other's draws.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 from collections import OrderedDict
@@ -18,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import orjson
 from pydantic import Field
 
 from ..categories import CategoryClassifier
@@ -168,7 +168,7 @@ class Simulator:
         h = hashlib.blake2b(digest_size=16)
         cached = 0
         for i, m in enumerate(messages):
-            h.update(json.dumps(m, sort_keys=True, default=str).encode())
+            h.update(orjson.dumps(m, option=orjson.OPT_SORT_KEYS, default=str))
             key = h.copy().digest()
             if i < len(messages) - 1 and key in state.prefixes:
                 cached = state.prefixes[key]

@@ -26,12 +26,12 @@ model's ``fail_rate``.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -99,10 +99,14 @@ def _invalid(err: ValidationError) -> SimError:
     return SimError(400, f"Invalid value for '{param}': {msg}" if param else msg, param=param)
 
 
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type="application/json")
+
+
 async def _json_body(request: web.Request) -> Any:
     try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
         raise SimError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
                        "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None
 
@@ -146,7 +150,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                                                      "refusal": None, "annotations": []},
                              "logprobs": None, "finish_reason": outcome.finish_reason}],
                 "usage": _usage(outcome)}
-        return web.json_response(body, headers=_headers(outcome))
+        return _json(body, headers=_headers(outcome))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await _stream(request, outcome, {**base, "object": "chat.completion.chunk"}, include_usage)
 
@@ -159,7 +163,7 @@ async def _stream(request: web.Request, o: Outcome, base: dict[str, Any], includ
 
     async def send(choices: list[dict[str, Any]], **more: Any) -> None:
         chunk = {**base, "choices": choices, **extra, **more}
-        await resp.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
@@ -188,12 +192,12 @@ async def _stream(request: web.Request, o: Outcome, base: dict[str, Any], includ
 async def list_models(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR_KEY]
     data = [_model_object(name, s.spec.owned_by) for name, s in sim.models.items() if s.spec.available]
-    return web.json_response({"object": "list", "data": data})
+    return _json({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     state = request.app[SIMULATOR_KEY].lookup(request.match_info["name"])
-    return web.json_response(_model_object(request.match_info["name"], state.spec.owned_by))
+    return _json(_model_object(request.match_info["name"], state.spec.owned_by))
 
 
 def _model_object(name: str, owner: str) -> dict[str, Any]:
@@ -202,18 +206,18 @@ def _model_object(name: str, owner: str) -> dict[str, Any]:
 
 async def healthz(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR_KEY]
-    return web.json_response({"status": "ok", "profile": sim.profile.name, "models": len(sim.models)})
+    return _json({"status": "ok", "profile": sim.profile.name, "models": len(sim.models)})
 
 
 async def admin_models(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SIMULATOR_KEY].snapshot())
+    return _json(request.app[SIMULATOR_KEY].snapshot())
 
 
 async def admin_update_model(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR_KEY]
     name = request.match_info["name"]
     sim.update(name, _validate(AdminUpdate, await _json_body(request)))
-    return web.json_response(sim.snapshot()["models"][name])
+    return _json(sim.snapshot()["models"][name])
 
 
 async def admin_settings(request: web.Request) -> web.Response:
@@ -221,12 +225,12 @@ async def admin_settings(request: web.Request) -> web.Response:
     settings = _validate(Settings, await _json_body(request))
     if settings.latency_scale is not None:
         sim.latency_scale = settings.latency_scale
-    return web.json_response({"latency_scale": sim.latency_scale})
+    return _json({"latency_scale": sim.latency_scale})
 
 
 async def admin_reset(request: web.Request) -> web.Response:
     request.app[SIMULATOR_KEY].reset()
-    return web.json_response({"status": "reset"})
+    return _json({"status": "reset"})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -240,13 +244,13 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except SimError as e:
         if e.delay_s:
             await asyncio.sleep(e.delay_s)  # a hang: nothing is sent until then
-        return web.json_response(e.body(), status=e.status)
+        return _json(e.body(), status=e.status)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         code = "unknown_url" if e.status == 404 else None
         err = SimError(e.status, f"{e.reason}: {request.method} {request.path}", code=code)
-        return web.json_response(err.body(), status=e.status)
+        return _json(err.body(), status=e.status)
 
 
 def make_app(profile: Profile | None = None, *, seed: int = 0) -> web.Application:
@@ -280,4 +284,10 @@ def run_simulator(host: str = "127.0.0.1", port: int = 9000, profile_path: str |
     models = ", ".join(profile.models)
     print(f"bandit-router simulator: profile {profile.name!r} ({models}), seed {seed}, "
           f"latency scale {profile.latency_scale:g}, on http://{host}:{port}/v1", flush=True)
-    web.run_app(make_app(profile, seed=seed), host=host, port=port, print=None)
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
+    web.run_app(make_app(profile, seed=seed), host=host, port=port, print=None, access_log=None, loop=loop)
