@@ -390,3 +390,122 @@ async def test_answers_read_to_their_end_go_back_to_the_pool(client: HttpClient,
         await asyncio.sleep(0.3)  # never ends: closed after DRAIN_S, not pooled
         assert await post(client, ep) == (200, b'{"ok": true}')
         assert up.connections == 2
+
+
+# -- found in review: each of these failed before its fix -----------------------------------------
+@pytest.mark.asyncio
+async def test_interim_1xx_answers_are_skipped(client: HttpClient) -> None:
+    """A 100 Continue is not the response: reading it as one handed the real answer to the next call."""
+    async def continue_then_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = 0
+        while await read_request(reader) is not None:
+            n += 1
+            body = b"answer-%d" % n
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    async with Upstream(continue_then_answer) as up:
+        assert await post(client, up.endpoint()) == (200, b"answer-1")
+        assert await post(client, up.endpoint()) == (200, b"answer-2")
+
+
+@pytest.mark.asyncio
+async def test_the_retry_after_a_closed_idle_connection_uses_a_new_one(client: HttpClient) -> None:
+    """Two idle connections both closed unanswered: the retry must not take the second stale one
+    (it did, and returned a response with status 0)."""
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)  # the next request: closed unanswered
+
+    async with Upstream(answer_once) as up:
+        ep = up.endpoint()
+        assert await asyncio.gather(post(client, ep), post(client, ep)) == [(200, b'{"ok": true}')] * 2
+        assert up.connections == 2  # two idle connections, each closing on its next request
+        assert await post(client, ep) == (200, b'{"ok": true}')
+        assert up.connections == 3
+
+
+@pytest.mark.asyncio
+async def test_a_paused_stream_is_never_pooled_paused(client: HttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "HIGH_WATER", 64)
+
+    async def burst_then_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the rest, and the end, in one read: past HIGH_WATER
+        writer.write(b"".join(b"%x\r\n%s\r\n" % (100, b"y" * 99 + b"\n") for _ in range(50)) + b"0\r\n\r\n")
+        await writer.drain()
+        await answer_ok(reader, writer)
+
+    async with Upstream(burst_then_ok) as up:
+        async with client.post(up.endpoint(), b"{}", Timeouts(total=5), stream=True) as r:
+            async for _ in r.iter_any():
+                await asyncio.sleep(0.2)  # a slow reader that then leaves
+                break
+        assert await post(client, up.endpoint(), Timeouts(total=1)) == (200, b'{"ok": true}')
+        assert up.connections == 1
+        async with client.post(up.endpoint(), b"{}", Timeouts(total=5), stream=True) as r:
+            assert r.status == 200 and await r.read() == b'{"ok": true}'
+
+
+@pytest.mark.asyncio
+async def test_read_takes_a_whole_stream_past_high_water(client: HttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "HIGH_WATER", 64)
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(40):
+            writer.write(b"64\r\n" + b"z" * 100 + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        writer.write(b"0\r\n\r\n")
+
+    async with Upstream(big) as up:
+        async with client.post(up.endpoint(), b"{}", Timeouts(total=2, read=1), stream=True) as r:
+            assert await r.read() == b"z" * 4000
+
+
+@pytest.mark.asyncio
+async def test_idle_connections_are_swept_and_close_closes_everything() -> None:
+    c = HttpClient(keepalive_s=0.1)
+    async with Upstream(answer_ok) as up:
+        ep = up.endpoint()
+        assert await asyncio.gather(*(post(c, ep) for _ in range(3))) == [(200, b'{"ok": true}')] * 3
+        pool = c._pool(ep)
+        assert len(pool.idle) == 3
+        await asyncio.sleep(0.15)
+        assert await post(c, ep) == (200, b'{"ok": true}')  # the stale ones are closed, not kept
+        assert len(pool.idle) == 1 and up.connections == 4
+        await asyncio.sleep(0.05)
+        assert up.open == 1
+        busy = c.post(ep, b"{}", Timeouts(total=5), stream=True)
+        await busy.__aenter__()  # in use while the client closes
+        await c.close()
+        await asyncio.sleep(0.05)
+        assert up.open == 0
+
+
+@pytest.mark.asyncio
+async def test_bytes_on_an_idle_connection_close_it(client: HttpClient) -> None:
+    async def ok_then_stray(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")  # an answer to nothing
+        await answer_ok(reader, writer)
+
+    async with Upstream(ok_then_stray) as up:
+        assert await post(client, up.endpoint()) == (200, b'{"ok": true}')
+        await asyncio.sleep(0.05)
+        assert await post(client, up.endpoint()) == (200, b'{"ok": true}')  # not the stray answer
+        assert up.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_a_host_name_idna_cannot_encode_is_a_connect_failure(client: HttpClient) -> None:
+    with pytest.raises(ConnectFailed):
+        await post(client, Endpoint.of("http://" + "a" * 64 + ".example/v1", {}))

@@ -90,15 +90,22 @@ class Endpoint:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection, and the response being read on it (callbacks from llhttp)."""
+    """One TCP connection, and the response being read on it (callbacks from llhttp).
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    Between calls it is idle in its pool (``in_use`` False); bytes arriving then are not an answer
+    to anything, so the connection is closed. A call that ends before its response does may leave
+    it *draining* (``drain_to``): it joins the pool when the rest arrives, or is closed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: _Pool) -> None:
         self.loop = loop
+        self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.in_use = False
         self.idle_since = 0.0
         self.drain_to: _Pool | None = None
+        self.drain_timer: asyncio.TimerHandle | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.new_response(streaming=False)
 
@@ -107,6 +114,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.interim = False  # inside a 1xx answer: not the response, skipped
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.received = False  # any byte of this response
@@ -120,8 +128,12 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pool.open.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_use and self.drain_to is None:
+            self.close()  # an idle connection answering nothing: its state is unknown
+            return
         self.received = True
         self.last_read = self.loop.time()
         try:
@@ -131,27 +143,40 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.drain_to = None
+        self.pool.open.discard(self)
         if not self.complete and self.error is None:
-            if self.headers_done and self._ends_at_close():
+            if self.headers_done and exc is None and self._ends_at_close():
                 self.complete = True  # a body without a length ends when the connection does
             else:
                 self.error = Disconnected("the upstream closed the connection before the response ended")
+        self.end_drain()
         self.wake()
 
     # -- llhttp callbacks ----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: the parse stops, and fail() closes
+            raise ProtocolError("the upstream sent more than one answer")
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw_headers.append((name, value))
+        if not self.headers_done:  # not a chunked body's trailers
+            self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): the response follows
+            self.interim = True
+            self.reason, self.raw_headers = b"", []
+            return
+        self.status = status
         self.headers_done = True
         self.wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.error is not None or self.drain_to is not None:
+            return  # failed, or nobody reads it any more
         self.chunks.append(body)
         self.buffered += len(body)
         if self.streaming:
@@ -163,10 +188,14 @@ class _Connection(asyncio.Protocol):
             self.fail(ProtocolError(f"the response body is longer than {MAX_BODY} bytes"))
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
-        if self.drain_to is not None:  # given back before its end (a stream read up to its last event)
-            pool, self.drain_to = self.drain_to, None
+        if self.drain_to is not None:  # given back before its end: it may join the pool now
+            pool = self.drain_to
+            self.end_drain()
             pool.release(self, self.loop.time())
         self.wake()
 
@@ -191,14 +220,40 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        self.paused = False
+
     def take(self) -> bytes:
         data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
         self.chunks.clear()
         self.buffered = 0
-        if self.paused and self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-            self.paused = False
+        self.resume()
         return data
+
+    def drain(self, pool: _Pool) -> None:
+        """Nobody reads the rest: join ``pool`` once it has arrived (within DRAIN_S), or close.
+        Holds its pool slot until then."""
+        self.chunks.clear()
+        self.buffered = 0
+        self.resume()
+        self.drain_to = pool
+        self.drain_timer = self.loop.call_later(DRAIN_S, self._drain_timeout)
+
+    def _drain_timeout(self) -> None:
+        self.drain_timer = None
+        if self.drain_to is not None:
+            self.end_drain()
+            self.close()
+
+    def end_drain(self) -> None:
+        if self.drain_to is not None:
+            pool, self.drain_to = self.drain_to, None
+            pool.slots.release()
+        if self.drain_timer is not None:
+            self.drain_timer.cancel()
+            self.drain_timer = None
 
 
 class Response:
@@ -228,6 +283,7 @@ class Response:
         """The body (the first ``limit`` bytes of it: enough for an error message)."""
         c = self._conn
         while not c.complete and (limit is None or c.buffered < limit):
+            c.resume()  # a stream paused at HIGH_WATER: everything is wanted here
             await wait(c, self._deadline, self._read_s)
         data = c.take()
         return data if limit is None else data[:limit]
@@ -246,20 +302,30 @@ class Response:
     async def lines(self, max_line: int) -> AsyncIterator[bytes]:
         """The body line by line (each with its ``\n``; the last one may lack it); a line longer
         than ``max_line`` bytes is a :class:`ProtocolError`."""
-        pending = b""
+        parts: list[bytes] = []  # the line being read, over several reads
+        held = 0
         async for data in self.iter_any():
-            pending += data
-            *done, pending = pending.split(b"\n")
+            if b"\n" not in data:
+                parts.append(data)
+                held += len(data)
+                if held > max_line:
+                    raise ProtocolError(f"a line of the response is longer than {max_line} bytes")
+                continue
+            if parts:
+                data = b"".join(parts) + data
+                parts.clear()
+            *done, rest = data.split(b"\n")
             for line in done:
                 if len(line) > max_line:
-                    break
+                    raise ProtocolError(f"a line of the response is longer than {max_line} bytes")
                 yield line + b"\n"
-            else:
-                if len(pending) <= max_line:
-                    continue
-            raise ProtocolError(f"a line of the response is longer than {max_line} bytes")
-        if pending:
-            yield pending
+            if rest:
+                parts.append(rest)
+            held = len(rest)
+            if held > max_line:
+                raise ProtocolError(f"a line of the response is longer than {max_line} bytes")
+        if parts:
+            yield b"".join(parts)
 
 
 async def wait(c: _Connection, deadline: float | None, read_s: float | None) -> None:
@@ -301,45 +367,62 @@ def _next_check(c: _Connection, deadline: float | None, read_s: float | None) ->
 
 
 class _Pool:
-    """Kept-alive connections to one (scheme, host, port)."""
+    """Kept-alive connections to one (scheme, host, port): ``idle`` oldest first, ``open`` all of them."""
 
     def __init__(self, endpoint: Endpoint, limit: int, keepalive_s: float, ssl_context: ssl.SSLContext | None) -> None:
         self.endpoint = endpoint
-        self.idle: list[_Connection] = []
+        self.idle: deque[_Connection] = deque()
+        self.open: set[_Connection] = set()
         self.slots = asyncio.Semaphore(limit)
         self.keepalive_s = keepalive_s
         self.ssl = ssl_context
+        self.closed = False
+
+    def _sweep(self, now: float) -> None:
+        idle = self.idle
+        while idle and (idle[0].closed or now - idle[0].idle_since >= self.keepalive_s):
+            idle.popleft().close()
 
     def reuse(self, now: float) -> _Connection | None:
+        self._sweep(now)
         while self.idle:
-            c = self.idle.pop()
-            if not c.closed and now - c.idle_since < self.keepalive_s:
+            c = self.idle.pop()  # the most recently used: the least likely to have been closed
+            if not c.closed:
                 return c
-            c.close()
         return None
 
     async def connect(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> _Connection:
         ep = self.endpoint
+        if timeout is not None and timeout <= 0:
+            raise UpstreamTimeout("the total timeout passed while the call waited for a free connection")
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(loop), ep.host, ep.port, ssl=self.ssl,
+                loop.create_connection(lambda: _Connection(loop, self), ep.host, ep.port, ssl=self.ssl,
                                        server_hostname=ep.host if self.ssl else None), timeout)
         except TimeoutError:
-            raise UpstreamTimeout(f"no connection to {ep.host}:{ep.port} within {timeout:g} s") from None
-        except OSError as e:
-            raise ConnectFailed(f"cannot connect to {ep.host}:{ep.port}: {e.strerror or type(e).__name__}") from None
+            raise UpstreamTimeout(f"no connection to {ep.host}:{ep.port} within {timeout or 0:g} s") from None
+        except (OSError, ValueError) as e:  # ValueError: a host name IDNA cannot encode
+            raise ConnectFailed(f"cannot connect to {ep.host}:{ep.port}: "
+                                f"{getattr(e, 'strerror', None) or type(e).__name__}") from None
         return conn
 
     def release(self, c: _Connection, now: float) -> None:
-        if c.complete and c.keep_alive and not c.closed and c.error is None:
+        c.in_use = False
+        if c.complete and c.keep_alive and not c.closed and c.error is None and not self.closed:
+            c.chunks.clear()
+            c.buffered = 0
+            c.resume()  # a stream paused at HIGH_WATER that then completed in the same read
             c.idle_since = now
             self.idle.append(c)
+            self._sweep(now)
         else:
             c.close()
 
     def close(self) -> None:
-        while self.idle:
-            self.idle.pop().close()
+        self.closed = True
+        self.idle.clear()
+        for c in list(self.open):
+            c.close()
 
 
 class HttpClient:
@@ -395,28 +478,30 @@ class _Call:
         else:
             await pool.slots.acquire()  # free: returns at once
         try:
-            for _ in range(2):
-                conn = pool.reuse(loop.time())
+            for attempt in (0, 1):
+                # the second attempt (after a kept-alive connection closed unanswered) on a new one
+                conn = pool.reuse(loop.time()) if attempt == 0 else None
                 reused = conn is not None
                 if conn is None:
                     conn = await pool.connect(loop, t.connect if deadline is None
                                               else min(t.connect or t.total or 0.0, deadline - loop.time()))
                 self.conn = conn
+                conn.in_use = True
                 conn.new_response(self.stream)
                 assert conn.transport is not None
                 conn.transport.write(b"%sContent-Length: %d\r\n\r\n%s" % (self.ep.head, len(self.body), self.body))
                 try:
                     while not conn.headers_done:
                         await wait(conn, deadline, t.read)
-                    break
+                    return Response(conn, deadline, t.read)
                 except Disconnected:
                     if not reused or conn.received:
                         raise
                     conn.close()  # closed by the upstream while idle: once more, on a new connection
-            return Response(conn, deadline, t.read)
+            raise AssertionError("unreachable: the second attempt returns or raises")
         except BaseException:
             if self.conn is not None and not self.conn.headers_done:
-                self.conn.close()  # cancelled while waiting for the headers
+                self.conn.close()  # failed or cancelled before the headers: not reusable
             self._done()
             raise
 
@@ -425,22 +510,19 @@ class _Call:
 
     def _done(self) -> None:
         """Back to the pool: a response read to its end (whatever the caller made of it), or one whose
-        last bytes are on their way (a stream left after its final event: it joins the pool when they
-        arrive, within :data:`DRAIN_S`). Anything else is closed: the upstream may still be sending."""
+        last bytes are on their way (a stream left after its final event: it drains, and joins the
+        pool when they arrive, within :data:`DRAIN_S`, keeping its slot until then). Anything else
+        is closed: the upstream may still be sending."""
         c = self.conn
+        self.conn = None
+        if c is not None and not c.complete and c.headers_done and c.error is None and not c.closed:
+            c.in_use = False
+            c.drain(self.pool)  # releases the slot when it ends
+            return
         if c is not None:
-            self.conn = None
             if c.complete:
                 self.pool.release(c, c.loop.time())
-            elif c.headers_done and c.error is None and not c.closed:
-                c.drain_to = self.pool
-                c.loop.call_later(DRAIN_S, _drop_if_draining, c)
             else:
-                c.close()  # failed, or before the headers: not reusable
+                c.in_use = False
+                c.close()
         self.pool.slots.release()
-
-
-def _drop_if_draining(c: _Connection) -> None:
-    if c.drain_to is not None:
-        c.drain_to = None
-        c.close()
