@@ -35,6 +35,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("bandit_router")
 
 
+
+_NOT_REPLAYED = frozenset(NOT_REPLAYED)
+
+
+def _note(chunk: dict[str, Any], text: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+    """Keep what a streamed chunk says about the whole answer: its text, its finish reason, and
+    whether a replay could reproduce it (not with tool calls or several choices). Returns the chunk."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        piece = delta.get("content")
+        if piece:
+            text.append(piece)
+        if meta["plain"] and (choice.get("index", 0) != 0 or (
+                not _NOT_REPLAYED.isdisjoint(delta) and any(delta.get(k) for k in NOT_REPLAYED))):
+            meta["plain"] = False
+        if choice.get("finish_reason"):
+            meta["finish_reason"] = choice["finish_reason"]
+    return chunk
+
 class Calling:
     """Upstream calls of the service (see the module docstring)."""
 
@@ -187,45 +206,27 @@ class Calling:
             while True:
                 result = StreamResult()
                 capped = self._cap_output(d, body)
-                held: list[bytes] = []  # chunks of one upstream read, sent to the client in one write
                 text.clear()
                 meta: dict[str, Any] = {"plain": True, "finish_reason": None}
                 tries.begin()
                 try:
-                    async with contextlib.aclosing(self.providers[d.model].stream(capped, result)) as chunks:
-                        async for chunk in chunks:
+                    async with contextlib.aclosing(self.providers[d.model].stream(capped, result)) as batches:
+                        async for batch in batches:  # what one upstream read brought: one write to the client
                             tries.first_chunk()
-                            meta.setdefault("id", chunk.get("id"))
-                            meta.setdefault("created", chunk.get("created"))
-                            meta.setdefault("model", chunk.get("model"))
-                            for choice in chunk.get("choices") or ():
-                                delta = choice.get("delta") or {}
-                                piece = delta.get("content")
-                                if piece:
-                                    text.append(piece)
-                                if choice.get("index", 0) != 0 or any(delta.get(k) for k in NOT_REPLAYED):
-                                    meta["plain"] = False  # tool calls, several choices: not replayable
-                                if choice.get("finish_reason"):
-                                    meta["finish_reason"] = choice["finish_reason"]
-                            held.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                            if not result.more:
-                                started = True
-                                yield b"".join(held)
-                                held.clear()
+                            if "id" not in meta:
+                                first = batch[0]
+                                meta.update(id=first.get("id"), created=first.get("created"), model=first.get("model"))
+                            started = True
+                            yield b"".join([b"data: " + orjson.dumps(_note(c, text, meta)) + b"\n\n" for c in batch])
                 except UpstreamError as e:
                     if not started and await tries.failed(e):
                         continue
                     if started:
                         tries.failed_late(e)  # counted against the model; too late to fall back
-                        if held:
-                            yield b"".join(held)
                     raise
                 except BaseException:
                     tries.abandoned()
                     raise
-                if held:
-                    started = True
-                    yield b"".join(held)
                 tries.succeeded()
                 break
         finally:

@@ -61,7 +61,7 @@ def make(session: HttpClient, server: TestServer, base: str = "/", **kw: Any) ->
 
 async def collect(p: AnthropicProvider, body: dict[str, Any]) -> tuple[list[dict[str, Any]], StreamResult]:
     result = StreamResult()
-    return [c async for c in p.stream(body, result)], result
+    return [c async for batch in p.stream(body, result) for c in batch], result
 
 
 def assemble(chunks: list[dict[str, Any]]) -> tuple[str, dict[int, dict[str, Any]], str | None]:
@@ -318,8 +318,8 @@ async def test_error_event_mid_stream(upstream: TestServer, session: HttpClient)
     p = make(session, upstream)
     result, got = StreamResult(), []
     with pytest.raises(UpstreamError) as e:
-        async for c in p.stream({"messages": [user("please fail midway now")]}, result):
-            got.append(c)
+        async for batch in p.stream({"messages": [user("please fail midway now")]}, result):
+            got.extend(batch)
     assert got and got[0]["choices"][0]["delta"]["role"] == "assistant"
     assert e.value.status == 502 and e.value.retryable and "Overloaded" in e.value.message and not result.finished
 
@@ -399,8 +399,8 @@ async def test_stream_cut_short_or_garbled_is_an_upstream_error(aiohttp_server, 
     p = make(session, await aiohttp_server(_truncated_app(mutate)))
     result, got = StreamResult(), []
     with pytest.raises(UpstreamError) as e:
-        async for c in p.stream({"messages": [user("one two three")]}, result):
-            got.append(c)
+        async for batch in p.stream({"messages": [user("one two three")]}, result):
+            got.extend(batch)
     assert (e.value.status, e.value.retryable) == (502, retryable) and needle in e.value.message
     assert got and not result.finished  # what was already sent stays sent; the stream is not "finished"
     assert all(c["choices"][0]["finish_reason"] is None for c in got)  # no made-up finish_reason

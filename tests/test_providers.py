@@ -137,15 +137,15 @@ def ask(text: str, **kw: Any) -> dict[str, Any]:
 
 async def collect(p: OpenAICompatProvider, body: dict[str, Any]) -> tuple[list[dict[str, Any]], StreamResult]:
     result = StreamResult()
-    return [c async for c in p.stream(body, result)], result
+    return [c async for batch in p.stream(body, result) for c in batch], result
 
 
 async def failed_stream(p: OpenAICompatProvider, body: dict[str, Any]
                         ) -> tuple[list[dict[str, Any]], StreamResult, UpstreamError]:
     result, got = StreamResult(), []
     with pytest.raises(UpstreamError) as e:
-        async for c in p.stream(body, result):
-            got.append(c)
+        async for batch in p.stream(body, result):
+            got.extend(batch)
     return got, result, e.value
 
 

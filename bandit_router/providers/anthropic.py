@@ -303,9 +303,10 @@ class AnthropicProvider:
             raise invalid_chunk(self.name, "JSON body")
         return from_message(data, self.name)
 
-    async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[dict[str, Any]]:
-        """Yield ``chat.completion.chunk`` objects; usage goes into ``result`` (and into a final
-        ``choices: []`` chunk only if the client asked for ``stream_options.include_usage``).
+    async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield ``chat.completion.chunk`` objects, a list per Anthropic event; usage goes into
+        ``result`` (and into a final ``choices: []`` chunk only if the client asked for
+        ``stream_options.include_usage``).
         ``result.finished`` only after ``message_stop``; a stream closed before it, an event that is
         not a JSON object or an ``error`` event raise :class:`UpstreamError` (after the chunks already
         yielded)."""
@@ -318,8 +319,8 @@ class AnthropicProvider:
                 async for event in sse_events(resp.lines(MAX_LINE_BYTES)):
                     if not isinstance(event, dict):
                         raise invalid_chunk(self.name, "stream event")
-                    for c in t.feed(event):
-                        yield c
+                    if out := t.feed(event):
+                        yield out
                     if t.error is not None:
                         kind = str(t.error.get("type") or "error")
                         raise self._failure(ERROR_STATUS.get(kind, 500), kind,
@@ -333,8 +334,7 @@ class AnthropicProvider:
         except HttpClientError as e:
             raise transport_error(self.name, e) from None
         result.usage = t.usage
-        for c in t.finish():
-            yield c
+        yield t.finish()
         result.finished = True
 
 

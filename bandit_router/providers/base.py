@@ -1,8 +1,9 @@
 """The one interface every upstream adapter implements, and the error handling they share.
 
 A provider takes an OpenAI Chat Completions request body (a dict) and returns an OpenAI
-ChatCompletion body, or streams OpenAI ``chat.completion.chunk`` objects, reporting the usage it
-was charged for. Adapters translate other wire formats (Anthropic Messages, later) to and from it.
+ChatCompletion body, or streams OpenAI ``chat.completion.chunk`` objects (in lists: what arrived
+together), reporting the usage it was charged for. Adapters translate other wire formats
+(Anthropic Messages) to and from it.
 
 Upstream failures become :class:`UpstreamError` with the status the *router* should answer (see
 :func:`http_error`): an upstream's 401 means the router's key is wrong, not the client's, so it is
@@ -52,9 +53,6 @@ class StreamResult:
 
     usage: Usage = field(default_factory=Usage)
     finished: bool = False
-    # True while the chunk just yielded has more behind it from the same network read: the caller
-    # may hold it and send them together (one write to the client instead of one per chunk)
-    more: bool = False
 
 
 class UpstreamError(Exception):
@@ -79,7 +77,10 @@ class Provider(Protocol):
 
     async def complete(self, body: dict[str, Any]) -> Completion: ...
 
-    def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[dict[str, Any]]: ...
+    def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[list[dict[str, Any]]]:
+        """The answer's chunks, a list at a time (what one network read brought: passed on in one
+        write, with one step through each layer, instead of one per chunk)."""
+        ...
 
 
 # -- shared error handling ----------------------------------------------------------------------

@@ -116,11 +116,12 @@ class OpenAICompatProvider:
                 chunk.pop("usage", None)
         return chunk
 
-    async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[dict[str, Any]]:
-        """Yield chunk objects; the usage chunk is consumed into ``result`` (and yielded only if the
-        client asked for it with ``stream_options.include_usage``). ``result.finished`` only after
-        ``data: [DONE]``; a stream closed before it, a chunk that is not a JSON object or an error
-        object in the stream raise :class:`UpstreamError` (after the chunks already yielded)."""
+    async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield the chunk objects of each network read, as one list; the usage chunk is consumed into
+        ``result`` (and passed on only if the client asked for it with ``stream_options.include_usage``).
+        ``result.finished`` only after ``data: [DONE]``; a stream closed before it, a chunk that is
+        not a JSON object or an error object in the stream raise :class:`UpstreamError` (after the
+        chunks before it)."""
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         try:
             async with self.client.post(self._endpoint, self._payload(body, True), self._timeouts,
@@ -136,22 +137,25 @@ class OpenAICompatProvider:
                     pending = lines.pop()
                     if len(pending) > MAX_LINE_BYTES:
                         raise invalid_chunk(self.name)
-                    payloads = []
+                    batch: list[dict[str, Any]] = []
                     for raw in lines:
                         line = raw.strip()
-                        if line.startswith(b"data:"):
-                            payload = line[5:].strip()
-                            if payload == b"[DONE]":
-                                done = True
-                                break
-                            payloads.append(payload)
-                    last = len(payloads) - 1
-                    for i, payload in enumerate(payloads):  # parsed one by one: an error comes after the good ones
-                        chunk = self._chunk(payload, result, want_usage)
+                        if not line.startswith(b"data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            done = True
+                            break
+                        try:
+                            chunk = self._chunk(payload, result, want_usage)
+                        except UpstreamError:
+                            if batch:
+                                yield batch  # the good ones first
+                            raise
                         if chunk is not None:
-                            result.more = i < last
-                            yield chunk
-                    result.more = False
+                            batch.append(chunk)
+                    if batch:
+                        yield batch
                     if done:
                         break
                 if not done:
