@@ -3,18 +3,19 @@
     python benchmarks/load_faults.py [--rate 1000] [--seconds 60] [--json out/load_faults.json]
 
 Real processes on loopback: ``bandit-router simulate`` (the seed article's four models, answering at
-once); after the warm-up, the model the router uses most fails 30% of calls (500) and the next one
-hangs on 10% (no answer for 60 s),
-and ``bandit-router serve`` in front of it (SQLite in a temporary directory, a 1 s first-byte
-timeout, the default retries, fallbacks and breakers). An open-loop generator (on the router's own
-upstream client, ``bandit_router/providers/http.py``, the cheapest on hand) starts ``--rate``
-requests a second for ``--seconds``: 70% plain completions, 30% streamed, each followed by feedback
-when it succeeds. Every loop is bounded in count and time; at most ``--max-in-flight`` requests are
-outstanding (the excess is counted as "not sent", never silently dropped).
+once); after the first third of the warm-up, the model the router uses most fails 30% of calls
+(500) and the next one hangs on 10% (no answer for 60 s), and ``bandit-router serve`` in front of
+it (SQLite in a temporary directory, a 1 s first-byte timeout, the default retries, fallbacks and
+breakers). An open-loop generator (on the router's own upstream client,
+``bandit_router/providers/http.py``, the cheapest on hand) starts ``--rate`` requests a second for
+``--seconds``: 70% plain completions, 30% streamed, each followed by feedback when it succeeds.
+Every loop is bounded in count and time; at most ``--max-in-flight`` requests are outstanding (the
+excess is counted as "not sent", never silently dropped).
 
 Reported: client success rate (goal >= 99.9%), feedback acknowledged but missing from the database
 after a clean stop (goal 0), latency p50/p99, achieved rate, and the router's resident memory after
-warm-up and at the end (goal: within 10%), and the CPU each process used while measured (in cores).
+warm-up (the last two thirds of it under the same faulty load, so the start has seen its peak of
+requests in flight) and at the end (goal: within 10%), and the CPU each process used while measured.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000.0, help="requests started per second")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=30.0,
-                    help="seconds at the same rate before measuring: fills the bounded caches (10k recent decisions)")
+                    help="seconds at the same rate before measuring, the last two thirds with the faults: fills "
+                         "the bounded caches (10k recent decisions) and reaches the faulty load's peak in flight")
     ap.add_argument("--max-in-flight", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-faults", action="store_true", help="no failing or hanging model: the capacity baseline")
@@ -196,8 +198,10 @@ def main() -> int:
             os.environ["BANDIT_ROUTER_ADMIN_TOKEN"] = token
             router = start(["serve", "--config", str(tmp / "router.yaml"), "--port", str(port),
                             "--db", str(tmp / "load.db")], url + "/healthz")
+            # warm-up: a third to see which models the router uses most, then the faults go in, and two
+            # thirds with them, so memory is measured from a start that has seen the same faulty load
             warm = Tally()
-            asyncio.run(drive(url, args.rate, args.warmup, args.max_in_flight, args.seed + 1, warm, None))
+            asyncio.run(drive(url, args.rate, args.warmup / 3, args.max_in_flight, args.seed + 1, warm, None))
             # the faults go to the two models the router uses most, so they are felt (a model it barely
             # uses could fail every call unnoticed): the busiest fails 30%, the next hangs on 10%
             arms_req = urllib.request.Request(url + "/admin/arms", headers={"Authorization": f"Bearer {token}"})
@@ -211,6 +215,7 @@ def main() -> int:
                 req = urllib.request.Request(f"{sim_url}/admin/models/{name}", data=json.dumps(change).encode(),
                                              headers={"Content-Type": "application/json"}, method="POST")
                 urllib.request.urlopen(req).read()
+            asyncio.run(drive(url, args.rate, args.warmup * 2 / 3, args.max_in_flight, args.seed + 2, warm, None))
             rss_start = rss_mb(router.pid)
             cpu0 = {"router": cpu_s(router.pid), "simulator": cpu_s(sim.pid), "generator": cpu_s()}
             wall0 = time.perf_counter()

@@ -5,6 +5,7 @@ cancellation, broken responses, TLS."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import ssl
 import subprocess
@@ -509,3 +510,35 @@ async def test_bytes_on_an_idle_connection_close_it(client: HttpClient) -> None:
 async def test_a_host_name_idna_cannot_encode_is_a_connect_failure(client: HttpClient) -> None:
     with pytest.raises(ConnectFailed):
         await post(client, Endpoint.of("http://" + "a" * 64 + ".example/v1", {}))
+
+
+@pytest.mark.asyncio
+async def test_calls_leave_no_reference_cycles(client: HttpClient) -> None:
+    """Each call's garbage is freed by reference counting: a cycle per call (the timeout check's
+    closure held itself; a stored error's traceback held its connection) waits for the cyclic
+    collector and showed as memory growth under load."""
+    async def ok_or_half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (req := await read_request(reader)) is not None:
+            if b"half" in req:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+                await writer.drain()
+                return
+            writer.write(OK)
+
+    async with Upstream(ok_or_half) as up:
+        ep = up.endpoint()
+        assert await post(client, ep) == (200, b'{"ok": true}')
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(10):
+                assert await post(client, ep, Timeouts(total=5, read=5)) == (200, b'{"ok": true}')
+                with pytest.raises(Disconnected):
+                    async with client.post(ep, b"half", Timeouts(total=5, read=5)) as r:
+                        await r.read()
+            gc.collect()
+            ours = [o for o in gc.garbage if http.__name__ in (getattr(o, "__module__", None), type(o).__module__)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert ours == []

@@ -24,6 +24,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -89,6 +90,16 @@ class Endpoint:
         return cls(u.scheme, u.hostname, port, ("\r\n".join(lines) + "\r\n").encode("latin-1"))
 
 
+class _Closed:
+    """The parser of a closed connection: nothing more to parse."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+_NO_PARSER: Any = _Closed()
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection, and the response being read on it (callbacks from llhttp).
 
@@ -107,6 +118,7 @@ class _Connection(asyncio.Protocol):
         self.drain_to: _Pool | None = None
         self.drain_timer: asyncio.TimerHandle | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the waiting call's timeout check
         self.new_response(streaming=False)
 
     def new_response(self, streaming: bool) -> None:
@@ -144,6 +156,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.open.discard(self)
+        self.parser = _NO_PARSER  # it holds this protocol (its callbacks): a cycle, once nothing else does
         if not self.complete and self.error is None:
             if self.headers_done and exc is None and self._ends_at_close():
                 self.complete = True  # a body without a length ends when the connection does
@@ -329,34 +342,47 @@ class Response:
 
 
 async def wait(c: _Connection, deadline: float | None, read_s: float | None) -> None:
-    """Until the connection has news; raises its error, or :class:`UpstreamTimeout`."""
+    """Until the connection has news; raises its error, or :class:`UpstreamTimeout`.
+
+    No closures and no stored exception raised as is: either would make a reference cycle per call
+    (a function whose cell holds it; an exception whose traceback holds the connection holding it),
+    which only the cyclic garbage collector frees, long after the call."""
     if c.error is not None:
-        raise c.error
-    loop = c.loop
-    fut = loop.create_future()
+        raise _fresh(c.error)
+    fut = c.loop.create_future()
     c.waiter = fut
-
-    def check() -> None:
-        nonlocal handle
-        now = loop.time()
-        if deadline is not None and now >= deadline:
-            c.fail(UpstreamTimeout("the upstream took longer than the total timeout"))
-        elif read_s is not None and now >= c.last_read + read_s:
-            what = "its response headers" if not c.headers_done else "more of its response"
-            c.fail(UpstreamTimeout(f"the upstream sent no byte for {read_s:g} s while the router waited for {what}"))
-        else:
-            handle = loop.call_at(_next_check(c, deadline, read_s), check)
-
     at = _next_check(c, deadline, read_s)
-    handle = loop.call_at(at, check) if at is not None else None
+    if at is not None:
+        c.timer = c.loop.call_at(at, _check, c, deadline, read_s)
     try:
         await fut
     finally:
         c.waiter = None
-        if handle is not None:
-            handle.cancel()
+        if c.timer is not None:
+            c.timer.cancel()
+            c.timer = None
     if c.error is not None:
-        raise c.error
+        raise _fresh(c.error)
+
+
+def _check(c: _Connection, deadline: float | None, read_s: float | None) -> None:
+    """A wait's timer: fail the connection past a timeout, else look again at the next moment one
+    could pass (the read timeout runs from the last byte, so it moves)."""
+    c.timer = None
+    now = c.loop.time()
+    if deadline is not None and now >= deadline:
+        c.fail(UpstreamTimeout("the upstream took longer than the total timeout"))
+    elif read_s is not None and now >= c.last_read + read_s:
+        what = "its response headers" if not c.headers_done else "more of its response"
+        c.fail(UpstreamTimeout(f"the upstream sent no byte for {read_s:g} s while the router waited for {what}"))
+    else:
+        at = _next_check(c, deadline, read_s)
+        assert at is not None
+        c.timer = c.loop.call_at(at, _check, c, deadline, read_s)
+
+
+def _fresh(e: HttpClientError) -> HttpClientError:
+    return type(e)(*e.args)
 
 
 def _next_check(c: _Connection, deadline: float | None, read_s: float | None) -> float | None:
