@@ -251,7 +251,8 @@ def main() -> int:
         "achieved_rps": tally.sent / elapsed, "ok": tally.ok, "failed": tally.failed, "errors": tally.errors,
         "success_rate": tally.ok / max(tally.sent, 1), "fallback_responses": tally.fallbacks,
         "streamed": tally.streamed, "feedback_acked": len(tally.feedback_acked) + len(warm.feedback_acked),
-        "feedback_refused": tally.feedback_failed, "feedback_lost": lost, "p50_ms": q(0.5), "p99_ms": q(0.99),
+        "feedback_refused": tally.feedback_failed, "feedback_lost": lost,
+        "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99), "max_ms": 1000 * lat[-1] if lat else float("nan"),
         "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_growth": rss_end / rss_start - 1,
         "breakers": {m: h for m, h in (arms.get("health") or {}).items()} if isinstance(arms, dict) else {},
         "faults": faults, "warmup_traffic": traffic, "cpu_cores": cores,
@@ -266,7 +267,8 @@ def main() -> int:
           f"fallback answers {tally.fallbacks}")
     print(f"feedback acknowledged {result['feedback_acked']}, refused {tally.feedback_failed}, "
           f"lost {lost} (goal 0)")
-    print(f"latency p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms")
+    print(f"latency p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  "
+          f"max {result['max_ms']:.1f} ms")
     print(f"router RSS {rss_start:.1f} MB after warm-up -> {rss_end:.1f} MB at the end "
           f"({100 * result['rss_growth']:+.1f}%, goal within 10%)")
     print("CPU while measured, in cores (the machine has " + str(os.cpu_count()) + "): "
