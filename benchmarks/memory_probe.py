@@ -6,7 +6,8 @@ The router (the example config, fronting the simulator on loopback) serves ``--w
 with feedback, with its cache of recent decisions shrunk to 300 so it is full; then tracemalloc
 compares the heap before and after ``--requests`` more (70% plain, 30% streamed, each followed by
 feedback). Printed: the KiB added on the server side (the client's own objects left out) and the
-largest sources. No faults are injected: the fault paths are not covered.
+largest sources. With ``--faults`` every model fails 30% of its calls and hangs on 10%, so the
+retries, fallbacks, breakers and timeouts run too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from aiohttp.test_utils import TestServer
 from bandit_router.config import EXAMPLE_CONFIG, parse_config
 from bandit_router.server import make_app
 from bandit_router.server.keys import SERVICE
+from bandit_router.simulator import SIMULATOR_KEY, AdminUpdate
 from bandit_router.simulator import make_app as make_simulator
 
 PROMPTS = ["Write a Python function that reverses a linked list.", "What is the derivative of x**3 + 2x?",
@@ -47,11 +49,16 @@ async def send(client: aiohttp.ClientSession, n: int, rng: random.Random) -> Non
 
 
 async def main(args: argparse.Namespace) -> None:
-    sim = TestServer(make_simulator(seed=1))
+    simulator = make_simulator(seed=1)
+    sim = TestServer(simulator)
     await sim.start_server()
     cfg = yaml.safe_load(EXAMPLE_CONFIG)
     for m in cfg["models"]:
         m["base_url"] = f"http://127.0.0.1:{sim.port}/v1"
+        m["first_byte_timeout_s"] = 0.2
+    if args.faults:  # every model fails 30% of calls and hangs on 10% (past the first-byte timeout)
+        for name in cfg["models"]:
+            simulator[SIMULATOR_KEY].update(name["name"], AdminUpdate(fail_rate=0.3, hang_rate=0.1, hang_s=0.5))
     app = make_app(parse_config(cfg), db_path=Path(tempfile.mkdtemp()) / "probe.db")
     server = TestServer(app)
     await server.start_server()
@@ -81,4 +88,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--warmup", type=int, default=1500)
+    ap.add_argument("--faults", action="store_true",
+                    help="every model fails 30%% of calls (500) and hangs on 10%% (cut by a 0.2 s first-byte timeout)")
     asyncio.run(main(ap.parse_args()))
