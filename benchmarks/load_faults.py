@@ -41,7 +41,7 @@ from bandit_router.config import EXAMPLE_CONFIG
 from bandit_router.procs import free_port, start, stop
 from bandit_router.providers.http import Endpoint, HttpClient, HttpClientError, Timeouts
 
-TIMEOUTS = Timeouts(total=120.0, connect=None)  # like a client with one overall timeout (the OpenAI SDK's)
+TIMEOUTS = Timeouts(total=120.0, connect=None)  # one overall timeout, as the generator's aiohttp client had
 PROMPTS = ["Write a Python function that reverses a linked list.", "What is the derivative of x**3 + 2x?",
            "Summarise the plot of Hamlet in two sentences.", "Which gas do plants absorb? A) O2 B) CO2 C) N2",
            "Prove that the square root of 2 is irrational.", "Explain TCP slow start briefly."]
