@@ -3,7 +3,7 @@
     python benchmarks/chat_path.py [--requests 12000] [--models 1]
 
 The service is built as ``serve`` builds it (SQLite in a temporary directory, its writer thread),
-with providers that answer from memory, and each step of ``POST /v1/chat/completions`` for a
+without the metrics hooks, with providers that answer from memory, and each step of ``POST /v1/chat/completions`` for a
 short routed request runs in turn: the body parsed, validated, the hints read, the locality
 check, the decision (features, category, Thompson draw, tracking), the cache key, the call
 (retries bookkeeping, the answer parsed, cost, latency and output estimates, the decision row
@@ -104,10 +104,10 @@ def main() -> int:
     args = ap.parse_args()
     try:
         import uvloop
-
-        result = uvloop.run(run(args.requests, args.models))
     except ImportError:
-        result = asyncio.run(run(args.requests, args.models))
+        uvloop = None
+    coro = run(args.requests, args.models)
+    result = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
     for name, us in result.items():
         print(f"{name:24s} {us:7.1f} µs")
     print(f"{'total':24s} {sum(result.values()):7.1f} µs per request")

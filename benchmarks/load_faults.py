@@ -265,7 +265,7 @@ def main() -> int:
           f"{tally.not_sent} not sent: in-flight cap)")
     print(f"success {100 * result['success_rate']:.3f}% (goal >= 99.9%)  errors {tally.errors}  "
           f"fallback answers {tally.fallbacks}")
-    print(f"feedback acknowledged {result['feedback_acked']}, refused {tally.feedback_failed}, "
+    print(f"feedback acknowledged {result['feedback_acked']} (warm-up included), refused {tally.feedback_failed}, "
           f"lost {lost} (goal 0)")
     print(f"latency p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  "
           f"max {result['max_ms']:.1f} ms")

@@ -68,9 +68,9 @@ async def run(url: str, requests: int, connections: list[int], rounds: int) -> d
     rates: dict[str, dict[int, list[float]]] = {k: {} for k in out}
     clients = (("aiohttp.ClientSession", with_aiohttp), ("bandit_router.providers.http", with_ours))
     try:
-        for _ in range(rounds):
+        for i in range(rounds):
             for c in connections:
-                for name, call in clients:
+                for name, call in clients if i % 2 == 0 else clients[::-1]:  # alternate which goes first
                     cpu, rate = await measure(call, requests, c)
                     out[name].setdefault(c, []).append(cpu)
                     rates[name].setdefault(c, []).append(rate)

@@ -58,8 +58,9 @@ def make_upstream() -> web.Application:
     * ``fail <status> [retry=<value>]``: that status with an OpenAI error body whose message echoes the
       Authorization header back (as some proxies do), and the Retry-After header when given;
     * ``plain <status>``: a non-JSON error body echoing the header, past 500 characters in;
-    * ``bad chunk`` / ``not an object`` / ``error chunk``: a stream with an invalid JSON chunk, a JSON
-      chunk that is not an object, an ``{"error": ...}`` object, after two good chunks;
+    * ``bad chunk`` / ``not an object`` / ``error chunk`` / ``odd choices``: a stream with an invalid JSON
+      chunk, a JSON chunk that is not an object, an ``{"error": ...}`` object, a chunk whose choices
+      are not objects, after two good chunks;
     * ``cut``: two good chunks, then the response ends without ``data: [DONE]``;
     * ``drop``: two good chunks, then the connection is closed mid-response;
     * ``slow``: answers after 2 s.
@@ -91,7 +92,8 @@ def make_upstream() -> web.Application:
         await resp.prepare(request)
         bad = {"bad": b"data: {\"id\": \"chatcmpl-1\", \"choices\": [\n\n", "not": _data([1, 2]),
                "error": _data({"error": {"message": f"The server had an error ({auth})", "type": "server_error",
-                                         "code": 500}})}
+                                         "code": 500}}),
+               "odd": _data({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": ["x"]})}
         if mode in ("ok", "slow"):
             events = GOOD
         elif mode in bad:
@@ -261,6 +263,7 @@ async def test_the_api_key_never_leaks(upstream: TestServer, session: HttpClient
 @pytest.mark.parametrize("prompt, needle, retryable", [
     ("bad chunk", "sent an invalid stream chunk", False),
     ("not an object", "sent an invalid stream chunk", False),
+    ("odd choices", "sent an invalid stream chunk", False),
     ("error chunk", "The server had an error", True),
     ("cut", "ended the stream before data: [DONE]", True),
     ("drop", "unreachable", True)])

@@ -40,7 +40,7 @@ from .base import (
     invalid_chunk,
     transport_error,
 )
-from .http import Endpoint, HttpClient, HttpClientError, ProtocolError, Response, Timeouts
+from .http import Endpoint, HttpClient, HttpClientError, LineTooLong, Response, Timeouts
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -329,7 +329,7 @@ class AnthropicProvider:
                         break
                 else:
                     raise cut_short(self.name, "message_stop")
-        except (orjson.JSONDecodeError, ProtocolError):  # bad event JSON; a line too long
+        except (orjson.JSONDecodeError, LineTooLong):  # bad event JSON; a line too long
             raise invalid_chunk(self.name, "stream event") from None
         except HttpClientError as e:
             raise transport_error(self.name, e) from None

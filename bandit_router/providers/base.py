@@ -78,8 +78,9 @@ class Provider(Protocol):
     async def complete(self, body: dict[str, Any]) -> Completion: ...
 
     def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[list[dict[str, Any]]]:
-        """The answer's chunks, a list at a time (what one network read brought: passed on in one
-        write, with one step through each layer, instead of one per chunk)."""
+        """The answer's chunks, a list at a time (what one network read brought, or what one
+        Anthropic event became: passed on in one write, with one step through each layer, instead
+        of one per chunk)."""
         ...
 
 

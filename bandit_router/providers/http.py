@@ -50,6 +50,10 @@ class ProtocolError(HttpClientError):
     """The response is not valid HTTP/1.1, or it is larger than the client accepts."""
 
 
+class LineTooLong(ProtocolError):
+    """A line of the body (see :meth:`Response.lines`) longer than asked."""
+
+
 class UpstreamTimeout(HttpClientError, TimeoutError):
     pass
 
@@ -314,7 +318,7 @@ class Response:
 
     async def lines(self, max_line: int) -> AsyncIterator[bytes]:
         """The body line by line (each with its ``\n``; the last one may lack it); a line longer
-        than ``max_line`` bytes is a :class:`ProtocolError`."""
+        than ``max_line`` bytes is a :class:`LineTooLong`."""
         parts: list[bytes] = []  # the line being read, over several reads
         held = 0
         async for data in self.iter_any():
@@ -322,7 +326,7 @@ class Response:
                 parts.append(data)
                 held += len(data)
                 if held > max_line:
-                    raise ProtocolError(f"a line of the response is longer than {max_line} bytes")
+                    raise LineTooLong(f"a line of the response is longer than {max_line} bytes")
                 continue
             if parts:
                 data = b"".join(parts) + data
@@ -330,13 +334,13 @@ class Response:
             *done, rest = data.split(b"\n")
             for line in done:
                 if len(line) > max_line:
-                    raise ProtocolError(f"a line of the response is longer than {max_line} bytes")
+                    raise LineTooLong(f"a line of the response is longer than {max_line} bytes")
                 yield line + b"\n"
             if rest:
                 parts.append(rest)
             held = len(rest)
             if held > max_line:
-                raise ProtocolError(f"a line of the response is longer than {max_line} bytes")
+                raise LineTooLong(f"a line of the response is longer than {max_line} bytes")
         if parts:
             yield b"".join(parts)
 

@@ -20,7 +20,7 @@ from .base import (
     invalid_chunk,
     transport_error,
 )
-from .http import Endpoint, HttpClient, HttpClientError, ProtocolError, Response, Timeouts
+from .http import Endpoint, HttpClient, HttpClientError, Response, Timeouts
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # an SSE line longer than this is not a chunk
 
@@ -107,6 +107,10 @@ class OpenAICompatProvider:
             raise invalid_chunk(self.name)
         if chunk.get("error"):
             raise self._stream_error(chunk["error"])
+        choices = chunk.get("choices")
+        if choices and (type(choices) is not list or not all(
+                type(c) is dict and type(c.get("delta") or {}) is dict for c in choices)):
+            raise invalid_chunk(self.name)  # what the router reads of a chunk (its text) must be readable
         chunk["model"] = self.name
         if chunk.get("usage"):
             result.usage = _usage(chunk["usage"])
@@ -160,8 +164,6 @@ class OpenAICompatProvider:
                         break
                 if not done:
                     raise cut_short(self.name, "data: [DONE]")
-        except ProtocolError:
-            raise invalid_chunk(self.name) from None
-        except HttpClientError as e:
+        except HttpClientError as e:  # (an over-long SSE line is caught above, as an invalid chunk)
             raise transport_error(self.name, e) from None
         result.finished = True

@@ -10,6 +10,7 @@ a run is reproducible, and models do not disturb each other's draws.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 from collections import OrderedDict
@@ -168,7 +169,10 @@ class Simulator:
         h = hashlib.blake2b(digest_size=16)
         cached = 0
         for i, m in enumerate(messages):
-            h.update(orjson.dumps(m, option=orjson.OPT_SORT_KEYS, default=str))
+            try:
+                h.update(orjson.dumps(m, option=orjson.OPT_SORT_KEYS, default=str))
+            except orjson.JSONEncodeError:  # nested deeper than orjson goes (254 levels)
+                h.update(json.dumps(m, sort_keys=True, default=str).encode())
             key = h.copy().digest()
             if i < len(messages) - 1 and key in state.prefixes:
                 cached = state.prefixes[key]

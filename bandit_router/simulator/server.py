@@ -100,7 +100,8 @@ def _invalid(err: ValidationError) -> SimError:
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type="application/json")
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type="application/json",
+                        charset="utf-8")
 
 
 async def _json_body(request: web.Request) -> Any:
