@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("bandit_router")
 
 
-
-_NOT_REPLAYED = frozenset(NOT_REPLAYED)
-
-
 def _note(chunk: dict[str, Any], text: list[str], meta: dict[str, Any]) -> dict[str, Any]:
     """Keep what a streamed chunk says about the whole answer: its text, its finish reason, and
     whether a replay could reproduce it (not with tool calls or several choices). Returns the chunk."""
@@ -47,12 +43,12 @@ def _note(chunk: dict[str, Any], text: list[str], meta: dict[str, Any]) -> dict[
         piece = delta.get("content")
         if piece:
             text.append(piece)
-        if meta["plain"] and (choice.get("index", 0) != 0 or (
-                not _NOT_REPLAYED.isdisjoint(delta) and any(delta.get(k) for k in NOT_REPLAYED))):
+        if choice.get("index", 0) != 0 or any(delta.get(k) for k in NOT_REPLAYED):
             meta["plain"] = False
         if choice.get("finish_reason"):
             meta["finish_reason"] = choice["finish_reason"]
     return chunk
+
 
 class Calling:
     """Upstream calls of the service (see the module docstring)."""

@@ -75,6 +75,16 @@ class Upstream:
         return Endpoint.of(f"{scheme}://127.0.0.1:{self.port}/v1/chat/completions", headers or {})
 
 
+def once(raw: bytes, linger: float = 0.0) -> Handler:
+    """A connection that reads one request, sends ``raw`` (maybe nothing), waits ``linger`` s and closes."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(linger)
+    return handler
+
+
 async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while await read_request(reader) is not None:
         writer.write(OK)
@@ -130,12 +140,7 @@ async def test_bodies_by_chunks_and_by_close(client: HttpClient) -> None:
         assert await post(client, up.endpoint()) == (200, b'{"ok": true}')
         assert up.connections == 1
 
-    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-
-    async with Upstream(until_close) as up:
+    async with Upstream(once(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")) as up:
         for _ in range(2):  # not reused: it closed
             assert await post(client, up.endpoint()) == (200, b"all of it")
         assert up.connections == 2
@@ -155,20 +160,12 @@ async def test_an_idle_connection_closed_by_the_upstream_is_retried_once(client:
             assert await post(client, ep) == (200, b'{"ok": true}')
         assert up.connections == 3  # each second request went to a new connection
 
-    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-
-    async with Upstream(never_answer) as up:  # a new connection closed without an answer: no retry
+    async with Upstream(once(b"")) as up:  # a new connection closed without an answer: no retry
         with pytest.raises(Disconnected):
             await post(client, up.endpoint())
         assert up.connections == 1
 
-    async def half_an_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
-
-    async with Upstream(half_an_answer) as up:
+    async with Upstream(once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")) as up:
         with pytest.raises(Disconnected):
             await post(client, up.endpoint())
 
@@ -262,25 +259,13 @@ async def test_a_cancelled_call_closes_its_connection(client: HttpClient) -> Non
 
 @pytest.mark.asyncio
 async def test_broken_and_oversized_responses(client: HttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"this is not HTTP\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(0.5)
-
-    async with Upstream(garbage) as up:
+    async with Upstream(once(b"this is not HTTP\r\n\r\n", linger=0.5)) as up:
         with pytest.raises(ProtocolError, match="invalid HTTP"):
             await post(client, up.endpoint())
 
     monkeypatch.setattr(http, "MAX_BODY", 1000)
 
-    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000)
-        await writer.drain()
-        await asyncio.sleep(0.5)
-
-    async with Upstream(huge) as up:
+    async with Upstream(once(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000, linger=0.5)) as up:
         with pytest.raises(ProtocolError, match="longer than 1000 bytes"):
             await post(client, up.endpoint())
 

@@ -24,7 +24,6 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -94,16 +93,6 @@ class Endpoint:
         return cls(u.scheme, u.hostname, port, ("\r\n".join(lines) + "\r\n").encode("latin-1"))
 
 
-class _Closed:
-    """The parser of a closed connection: nothing more to parse."""
-
-    def feed_data(self, data: bytes) -> None:
-        pass
-
-
-_NO_PARSER: Any = _Closed()
-
-
 class _Connection(asyncio.Protocol):
     """One TCP connection, and the response being read on it (callbacks from llhttp).
 
@@ -115,7 +104,7 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.closed = False
         self.in_use = False
         self.idle_since = 0.0
@@ -160,7 +149,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.open.discard(self)
-        self.parser = _NO_PARSER  # it holds this protocol (its callbacks): a cycle, once nothing else does
+        self.parser = None  # it holds this protocol (its callbacks): a cycle; no data comes after this
         if not self.complete and self.error is None:
             if self.headers_done and exc is None and self._ends_at_close():
                 self.complete = True  # a body without a length ends when the connection does
