@@ -35,19 +35,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("bandit_router")
 
 
-def _note(chunk: dict[str, Any], text: list[str], meta: dict[str, Any]) -> dict[str, Any]:
-    """Keep what a streamed chunk says about the whole answer: its text, its finish reason, and
-    whether a replay could reproduce it (not with tool calls or several choices). Returns the chunk."""
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        piece = delta.get("content")
-        if piece:
-            text.append(piece)
-        if choice.get("index", 0) != 0 or any(delta.get(k) for k in NOT_REPLAYED):
-            meta["plain"] = False
-        if choice.get("finish_reason"):
-            meta["finish_reason"] = choice["finish_reason"]
-    return chunk
+_REPLAY_LOSES = frozenset(NOT_REPLAYED)
+_EMPTY: dict[str, Any] = {}
+
+
+def _note(batch: list[dict[str, Any]], text: list[str], meta: dict[str, Any]) -> None:
+    """Keep what streamed chunks say about the whole answer: its text, its finish reason, and
+    whether a replay could reproduce it (not with tool calls or several choices)."""
+    for chunk in batch:
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or _EMPTY
+            piece = delta.get("content")
+            if piece:
+                text.append(piece)
+            if choice.get("index", 0) != 0:
+                meta["plain"] = False
+            elif lost := delta.keys() & _REPLAY_LOSES:
+                if any(delta[k] for k in lost):
+                    meta["plain"] = False
+            if choice.get("finish_reason"):
+                meta["finish_reason"] = choice["finish_reason"]
 
 
 class Calling:
@@ -213,7 +220,10 @@ class Calling:
                                 first = batch[0]
                                 meta.update(id=first.get("id"), created=first.get("created"), model=first.get("model"))
                             started = True
-                            yield b"".join([b"data: " + orjson.dumps(_note(c, text, meta)) + b"\n\n" for c in batch])
+                            _note(batch, text, meta)
+                            sse = getattr(batch, "sse", None)  # the upstream's bytes, when they pass unchanged
+                            yield sse if sse is not None else b"".join(
+                                [b"data: " + orjson.dumps(c) + b"\n\n" for c in batch])
                 except UpstreamError as e:
                     if not started and await tries.failed(e):
                         continue

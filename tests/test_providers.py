@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 from typing import Any
 
@@ -49,6 +50,9 @@ GOOD = [_data(_chunk({"role": "assistant", "content": ""})), _data(_chunk({"cont
         _data(_chunk({"content": "there"})), _data(_chunk({}, "stop")),
         _data({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "up-model",
                "choices": [], "usage": USAGE}), b"data: [DONE]\n\n"]
+# the same events as another JSON writer spaces them (what an upstream's own bytes look like)
+SPACED = [e if e.startswith(b"data: [") else b"data: " + json.dumps(orjson.loads(e[6:])).encode() + b"\n\n"
+          for e in GOOD]
 
 
 def make_upstream() -> web.Application:
@@ -58,9 +62,10 @@ def make_upstream() -> web.Application:
     * ``fail <status> [retry=<value>]``: that status with an OpenAI error body whose message echoes the
       Authorization header back (as some proxies do), and the Retry-After header when given;
     * ``plain <status>``: a non-JSON error body echoing the header, past 500 characters in;
-    * ``bad chunk`` / ``not an object`` / ``error chunk`` / ``odd choices``: a stream with an invalid JSON
-      chunk, a JSON chunk that is not an object, an ``{"error": ...}`` object, a chunk whose choices
-      are not objects, after two good chunks;
+    * ``bad chunk`` / ``not an object`` / ``error chunk`` / ``odd choices`` / ``wrong content``: a stream
+      with an invalid JSON chunk, a JSON chunk that is not an object, an ``{"error": ...}`` object, a
+      chunk whose choices are not objects, a chunk whose text is not a string, after two good chunks;
+    * ``spaced``: the stream of ``ok`` with spaces in its JSON;
     * ``cut``: two good chunks, then the response ends without ``data: [DONE]``;
     * ``drop``: two good chunks, then the connection is closed mid-response;
     * ``slow``: answers after 2 s.
@@ -93,9 +98,12 @@ def make_upstream() -> web.Application:
         bad = {"bad": b"data: {\"id\": \"chatcmpl-1\", \"choices\": [\n\n", "not": _data([1, 2]),
                "error": _data({"error": {"message": f"The server had an error ({auth})", "type": "server_error",
                                          "code": 500}}),
-               "odd": _data({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": ["x"]})}
+               "odd": _data({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": ["x"]}),
+               "wrong": _data(_chunk({"content": ["not", "a", "string"]}))}
         if mode in ("ok", "slow"):
             events = GOOD
+        elif mode == "spaced":
+            events = SPACED
         elif mode in bad:
             events = GOOD[:2] + [bad[mode]] + GOOD[2:]
         else:  # cut, drop
@@ -260,10 +268,35 @@ async def test_the_api_key_never_leaks(upstream: TestServer, session: HttpClient
         assert f"Authorization: Bearer {REDACTED}" in e.value.message
 
 
+@pytest.mark.asyncio
+async def test_stream_passes_unchanged_chunks_on_as_sent(upstream: TestServer, session: HttpClient) -> None:
+    """Each batch carries its SSE bytes: the upstream's own bytes for a chunk that needs no change (so
+    it is not serialized again), a re-serialized chunk where it was relabelled or lost its usage."""
+
+    async def sse(p: OpenAICompatProvider, body: dict[str, Any]) -> bytes:
+        result = StreamResult()
+        out = b"".join([batch.sse async for batch in p.stream(body, result)])
+        assert result.finished and result.usage == Usage(3, 2, 1)
+        return out
+
+    same = OpenAICompatProvider(session, name="up-model", base_url=str(upstream.make_url("/v1")),
+                                upstream_model=None, api_key=None)  # the upstream answers with this very name
+    assert await sse(same, ask("spaced")) == b"".join(SPACED[:4])  # byte for byte, without the usage chunk
+    assert await sse(same, ask("spaced", stream_options={"include_usage": True})) == b"".join(SPACED[:5])
+    relabelled = await sse(make(session, upstream), ask("spaced", stream_options={"include_usage": True}))
+    events = relabelled.split(b"\n\n")
+    assert events[-1] == b"" and len(events) == 6
+    for event, sent in zip(events[:-1], SPACED[:5], strict=True):
+        chunk = orjson.loads(event.removeprefix(b"data: "))
+        assert chunk == {**orjson.loads(sent.strip().removeprefix(b"data: ")), "model": "gpt-test"}
+        assert event == b"data: " + orjson.dumps(chunk)
+
+
 @pytest.mark.parametrize("prompt, needle, retryable", [
     ("bad chunk", "sent an invalid stream chunk", False),
     ("not an object", "sent an invalid stream chunk", False),
     ("odd choices", "sent an invalid stream chunk", False),
+    ("wrong content", "sent an invalid stream chunk", False),
     ("error chunk", "The server had an error", True),
     ("cut", "ended the stream before data: [DONE]", True),
     ("drop", "unreachable", True)])

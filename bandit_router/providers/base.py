@@ -55,6 +55,18 @@ class StreamResult:
     finished: bool = False
 
 
+class Chunks(list[dict[str, Any]]):
+    """A batch of streamed chunks (a list) that may carry ``sse``: the same chunks as the bytes the
+    client should receive (``data: {...}\n\n`` each), when the provider has them already (the
+    upstream's own bytes, passed on unchanged), so they are not serialized again. None: serialize."""
+
+    __slots__ = ("sse",)
+
+    def __init__(self, chunks: list[dict[str, Any]], sse: bytes | None = None) -> None:
+        super().__init__(chunks)
+        self.sse = sse
+
+
 class UpstreamError(Exception):
     """An upstream call failed. ``status`` is the HTTP status the router reports (see
     :func:`http_error`); ``upstream_status`` the upstream's own, when it answered one; ``retryable``
@@ -80,7 +92,7 @@ class Provider(Protocol):
     def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[list[dict[str, Any]]]:
         """The answer's chunks, a list at a time (what one network read brought, or what one
         Anthropic event became: passed on in one write, with one step through each layer, instead
-        of one per chunk)."""
+        of one per chunk); a list may be :class:`Chunks` with its SSE bytes ready."""
         ...
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from .base import (
+    Chunks,
     Completion,
     StreamResult,
     UpstreamError,
@@ -23,6 +24,28 @@ from .base import (
 from .http import Endpoint, HttpClient, HttpClientError, Response, Timeouts
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # an SSE line longer than this is not a chunk
+
+
+def _payloads(lines: bytes) -> list[bytes]:
+    """The payloads of the ``data:`` lines among complete SSE lines (other fields and comments are
+    skipped), blanks around them stripped."""
+    out = []
+    for raw in lines.split(b"\n"):
+        line = raw.strip()
+        if line.startswith(b"data:"):
+            out.append(line[5:].strip())
+    return out
+
+
+def _sse(chunks: list[dict[str, Any]], raw: list[bytes]) -> Chunks:
+    return Chunks(chunks, b"data: " + b"\n\ndata: ".join(raw) + b"\n\n" if raw else b"")
+
+
+class _BadChunk(Exception):
+    """A bad chunk in a read: ``error`` to raise once ``good`` (the chunks before it) are passed on."""
+
+    def __init__(self, good: Chunks, error: UpstreamError) -> None:
+        self.good, self.error = good, error
 
 
 def _usage(u: dict[str, Any] | None) -> Usage:
@@ -97,35 +120,64 @@ class OpenAICompatProvider:
         data["model"] = self.name
         return Completion(data, _usage(data.get("usage")))
 
-    def _chunk(self, payload: bytes, result: StreamResult, want_usage: bool) -> dict[str, Any] | None:
-        """One ``data:`` payload as a chunk to pass on (None: the usage chunk the client did not ask for)."""
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise invalid_chunk(self.name) from None
-        if not isinstance(chunk, dict):
+    def _check(self, chunk: Any, result: StreamResult, want_usage: bool) -> tuple[dict[str, Any] | None, bool]:
+        """A parsed chunk checked and relabelled: (the chunk to pass on or None, whether it changed)."""
+        if type(chunk) is not dict:
             raise invalid_chunk(self.name)
         if chunk.get("error"):
             raise self._stream_error(chunk["error"])
         choices = chunk.get("choices")
-        if choices and (type(choices) is not list or not all(
-                type(c) is dict and type(c.get("delta") or {}) is dict for c in choices)):
-            raise invalid_chunk(self.name)  # what the router reads of a chunk (its text) must be readable
-        chunk["model"] = self.name
+        if choices:  # what the router reads of a chunk (its text) must be readable
+            if type(choices) is not list:
+                raise invalid_chunk(self.name)
+            for c in choices:
+                if type(c) is not dict:
+                    raise invalid_chunk(self.name)
+                delta = c.get("delta")
+                if delta:
+                    if type(delta) is not dict:
+                        raise invalid_chunk(self.name)
+                    content = delta.get("content")
+                    if content is not None and type(content) is not str:
+                        raise invalid_chunk(self.name)
+        changed = chunk.get("model") != self.name
+        if changed:
+            chunk["model"] = self.name
         if chunk.get("usage"):
             result.usage = _usage(chunk["usage"])
-            if not chunk.get("choices") and not want_usage:
-                return None
             if not want_usage:
-                chunk.pop("usage", None)
-        return chunk
+                if not choices:
+                    return None, True
+                del chunk["usage"]
+                changed = True
+        return chunk, changed
+
+    def _batch(self, payloads: list[bytes], result: StreamResult, want_usage: bool) -> Chunks:
+        """The ``data:`` payloads of one read as chunks, with their SSE bytes: each passed on as the
+        upstream sent it unless it had to change (relabelled, usage removed), so most are never
+        serialized again. A bad chunk raises :class:`_BadChunk` carrying the good ones before it."""
+        chunks: list[dict[str, Any]] = []
+        raw: list[bytes] = []
+        for p in payloads:
+            try:
+                try:
+                    chunk = orjson.loads(p)
+                except orjson.JSONDecodeError:
+                    raise invalid_chunk(self.name) from None
+                out, changed = self._check(chunk, result, want_usage)
+            except UpstreamError as e:
+                raise _BadChunk(_sse(chunks, raw), e) from None
+            if out is not None:
+                chunks.append(out)
+                raw.append(orjson.dumps(out) if changed else p)
+        return _sse(chunks, raw)
 
     async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[list[dict[str, Any]]]:
-        """Yield the chunk objects of each network read, as one list; the usage chunk is consumed into
-        ``result`` (and passed on only if the client asked for it with ``stream_options.include_usage``).
-        ``result.finished`` only after ``data: [DONE]``; a stream closed before it, a chunk that is
-        not a JSON object or an error object in the stream raise :class:`UpstreamError` (after the
-        chunks before it)."""
+        """Yield the chunks of each network read, as one :class:`Chunks` with its SSE bytes; the usage
+        chunk is consumed into ``result`` (and passed on only if the client asked for it with
+        ``stream_options.include_usage``). ``result.finished`` only after ``data: [DONE]``; a stream
+        closed before it, a chunk that is not a JSON object or an error object in the stream raise
+        :class:`UpstreamError` (after the chunks before it)."""
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         try:
             async with self.client.post(self._endpoint, self._payload(body, True), self._timeouts,
@@ -134,32 +186,30 @@ class OpenAICompatProvider:
                     raise await self._error(resp)
                 pending = b""
                 done = False
-                # whatever arrived in one read, split into SSE lines here: one pass per read, not per line
+                # whatever arrived in one read: its complete lines in one pass, its chunks in one batch
                 async for data in resp.iter_any():
                     pending += data
-                    lines = pending.split(b"\n")
-                    pending = lines.pop()
+                    cut = pending.rfind(b"\n") + 1
+                    if not cut:
+                        if len(pending) > MAX_LINE_BYTES:
+                            raise invalid_chunk(self.name)
+                        continue
+                    payloads = _payloads(pending[:cut])
+                    pending = pending[cut:]
                     if len(pending) > MAX_LINE_BYTES:
                         raise invalid_chunk(self.name)
-                    batch: list[dict[str, Any]] = []
-                    for raw in lines:
-                        line = raw.strip()
-                        if not line.startswith(b"data:"):
-                            continue
-                        payload = line[5:].strip()
-                        if payload == b"[DONE]":
-                            done = True
-                            break
+                    if b"[DONE]" in payloads:
+                        payloads = payloads[:payloads.index(b"[DONE]")]
+                        done = True
+                    if payloads:
                         try:
-                            chunk = self._chunk(payload, result, want_usage)
-                        except UpstreamError:
-                            if batch:
-                                yield batch  # the good ones first
-                            raise
-                        if chunk is not None:
-                            batch.append(chunk)
-                    if batch:
-                        yield batch
+                            batch = self._batch(payloads, result, want_usage)
+                        except _BadChunk as bad:
+                            if bad.good:
+                                yield bad.good  # the good ones first
+                            raise bad.error from None
+                        if batch:
+                            yield batch
                     if done:
                         break
                 if not done:
