@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bandit_router")
 
 
+DONE = b"data: [DONE]\n\n"  # a stream's last SSE event
 _REPLAY_LOSES = frozenset(NOT_REPLAYED)
 _EMPTY: dict[str, Any] = {}
 
@@ -203,6 +204,7 @@ class Calling:
         text: list[str] = []
         meta: dict[str, Any] = {"plain": True, "finish_reason": None}
         started = False  # something reached the client: too late to fall back
+        ended = False  # data: [DONE] went out
         result = StreamResult()
         capped = body
         try:
@@ -222,8 +224,12 @@ class Calling:
                             started = True
                             _note(batch, text, meta)
                             sse = getattr(batch, "sse", None)  # the upstream's bytes, when they pass unchanged
-                            yield sse if sse is not None else b"".join(
+                            out = sse if sse is not None else b"".join(
                                 [b"data: " + orjson.dumps(c) + b"\n\n" for c in batch])
+                            if result.finished:  # the upstream's last batch: the end goes in the same write
+                                out += DONE
+                                ended = True
+                            yield out
                 except UpstreamError as e:
                     if not started and await tries.failed(e):
                         continue
@@ -249,7 +255,8 @@ class Calling:
                                   "total_tokens": u.prompt_tokens + u.completion_tokens}}
             else:
                 self._cut_short(d, result.usage, "".join(text))
-        yield b"data: [DONE]\n\n"
+        if not ended:  # (else the last piece carried it)
+            yield DONE
 
     def _cut_short(self, d: Decision, usage: Usage, text: str) -> None:
         """A stream that did not end properly (the client left, or the upstream failed after its

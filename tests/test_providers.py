@@ -65,7 +65,7 @@ def make_upstream() -> web.Application:
     * ``bad chunk`` / ``not an object`` / ``error chunk`` / ``odd choices`` / ``wrong content``: a stream
       with an invalid JSON chunk, a JSON chunk that is not an object, an ``{"error": ...}`` object, a
       chunk whose choices are not objects, a chunk whose text is not a string, after two good chunks;
-    * ``spaced``: the stream of ``ok`` with spaces in its JSON;
+    * ``spaced``: the stream of ``ok`` with spaces in its JSON; ``together``: that of ``ok`` in one write;
     * ``cut``: two good chunks, then the response ends without ``data: [DONE]``;
     * ``drop``: two good chunks, then the connection is closed mid-response;
     * ``slow``: answers after 2 s.
@@ -104,6 +104,8 @@ def make_upstream() -> web.Application:
             events = GOOD
         elif mode == "spaced":
             events = SPACED
+        elif mode == "together":
+            events = [b"".join(GOOD)]  # the whole stream in one write
         elif mode in bad:
             events = GOOD[:2] + [bad[mode]] + GOOD[2:]
         else:  # cut, drop
@@ -290,6 +292,20 @@ async def test_stream_passes_unchanged_chunks_on_as_sent(upstream: TestServer, s
         chunk = orjson.loads(event.removeprefix(b"data: "))
         assert chunk == {**orjson.loads(sent.strip().removeprefix(b"data: ")), "model": "gpt-test"}
         assert event == b"data: " + orjson.dumps(chunk)
+
+
+@pytest.mark.asyncio
+async def test_stream_is_finished_as_its_last_chunks_are_yielded(upstream: TestServer, session: HttpClient) -> None:
+    """Chunks that arrive with ``data: [DONE]`` are yielded with the stream already finished, so the
+    router can send the end of the stream in the same write; never before the last batch."""
+    result, seen = StreamResult(), []
+    async for batch in make(session, upstream).stream(ask("together"), result):
+        seen.append((len(batch), result.finished))
+    assert seen == [(4, True)]
+    result, seen = StreamResult(), []
+    async for _batch in make(session, upstream).stream(ask("ok"), result):
+        seen.append(result.finished)
+    assert result.finished and not any(seen[:-1])
 
 
 @pytest.mark.parametrize("prompt, needle, retryable", [

@@ -334,8 +334,9 @@ class AnthropicProvider:
         except HttpClientError as e:
             raise transport_error(self.name, e) from None
         result.usage = t.usage
-        yield t.finish()
-        result.finished = True
+        last = t.finish()
+        result.finished = True  # already with the last chunks: the end can go with them
+        yield last
 
 
 async def sse_events(lines: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:

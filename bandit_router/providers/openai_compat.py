@@ -175,7 +175,8 @@ class OpenAICompatProvider:
     async def stream(self, body: dict[str, Any], result: StreamResult) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield the chunks of each network read, as one :class:`Chunks` with its SSE bytes; the usage
         chunk is consumed into ``result`` (and passed on only if the client asked for it with
-        ``stream_options.include_usage``). ``result.finished`` only after ``data: [DONE]``; a stream
+        ``stream_options.include_usage``). ``result.finished`` only after ``data: [DONE]`` (set as the
+        chunks that came with it are yielded); a stream
         closed before it, a chunk that is not a JSON object or an error object in the stream raise
         :class:`UpstreamError` (after the chunks before it)."""
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -209,6 +210,7 @@ class OpenAICompatProvider:
                                 yield bad.good  # the good ones first
                             raise bad.error from None
                         if batch:
+                            result.finished = done  # already with the last chunks: the end can go with them
                             yield batch
                     if done:
                         break

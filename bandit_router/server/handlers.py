@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from feedback import SignalError, parse_feedback
 
 from ..cache import replay_chunks
+from ..calls import DONE
 from ..fallback import Attempt
 from ..locality import LocalityError
 from ..policy import NoEligibleModel
@@ -174,8 +175,7 @@ async def _replay(request: web.Request, d: Decision, hints: Hints, chunks: list[
     resp = web.StreamResponse(headers={**_headers(d, None, hints), "X-Router-Cache": "hit",
                                        "Cache-Control": "no-cache", "Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    await resp.write(b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n")
-    await resp.write_eof()
+    await resp.write_eof(b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + DONE)
     return resp
 
 
@@ -198,20 +198,21 @@ async def _stream(request: web.Request, service: Service, d: Decision, body: dic
                         headers["X-Router-Cache"] = cache
                     resp = web.StreamResponse(headers=headers)
                     await resp.prepare(request)
-                await resp.write(line)
+                if line.endswith(DONE):  # the last piece: with the end of the body, in one write
+                    await resp.write_eof(line)
+                else:
+                    await resp.write(line)
         except UpstreamError as e:
             if resp is None:
                 return _upstream_error(e, failed)
-            await resp.write(_sse_error(e.message, "upstream_error", "upstream_error"))
-            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof(_sse_error(e.message, "upstream_error", "upstream_error") + DONE)
         except ConnectionResetError:
             raise  # the client left: handled below, not an error of ours
         except Exception:
             if resp is None:
                 raise
             log.exception("error mid-stream on %s", d.event_id)
-            await resp.write(_sse_error("internal error (logged)", "api_error", "internal_error"))
-            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof(_sse_error("internal error (logged)", "api_error", "internal_error") + DONE)
         assert resp is not None
         await resp.write_eof()
         if key is not None and answer and "completion" in answer:
