@@ -204,7 +204,8 @@ class Calling:
         text: list[str] = []
         meta: dict[str, Any] = {"plain": True, "finish_reason": None}
         started = False  # something reached the client: too late to fall back
-        ended = False  # data: [DONE] went out
+        ended = False  # data: [DONE] was handed to the caller with the last chunks
+        delivered = False  # the caller came back for more after that last piece: it went out
         result = StreamResult()
         capped = body
         try:
@@ -230,6 +231,7 @@ class Calling:
                                 out += DONE
                                 ended = True
                             yield out
+                            delivered = ended
                 except UpstreamError as e:
                     if not started and await tries.failed(e):
                         continue
@@ -242,7 +244,9 @@ class Calling:
                 tries.succeeded()
                 break
         finally:
-            if result.finished:
+            # A client gone while the last piece was being written (GeneratorExit at that yield)
+            # did not get the stream's end: that is a stream cut short, not a completed one.
+            if result.finished and (delivered or not ended):
                 self.account(d, result.usage, graded=(capped["messages"], "".join(text), reference))
                 if answer is not None and meta["plain"]:
                     u = result.usage

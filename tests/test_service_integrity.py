@@ -266,3 +266,48 @@ async def test_a_stream_the_client_leaves_is_still_charged_to_its_budget(aiohttp
         row = await service.store.get_decision(eid)
         assert row.status == "failed" and row.cost_usd > 0 and row.completion_tokens >= 10
         assert service.pacers.pacers["t2"].spent == pytest.approx(row.cost_usd)
+
+
+@pytest.mark.asyncio
+async def test_a_client_gone_at_the_streams_last_write_does_not_complete_it(aiohttp_server, tmp_path, monkeypatch):
+    """Found in review: the provider marks a stream finished as it yields the chunks that came with
+    the upstream's end; a client gone while that last piece (with data: [DONE]) was being written
+    must leave a stream cut short ("failed"), not a completed one."""
+    import orjson
+    from aiohttp import web
+
+    from bandit_router.calls import DONE
+
+    async def all_at_once(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunks = [{"id": "s", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in ("a ", "b")]
+        await resp.write(b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n")
+        return resp
+
+    up = web.Application()
+    up.router.add_post("/v1/chat/completions", all_at_once)
+    upstream = await aiohttp_server(up)
+    cfg = parse_config({"models": [{"name": "m", "base_url": f"http://127.0.0.1:{upstream.port}/v1",
+                                    "input_price": 1.0, "output_price": 10.0}], "cache": {"enabled": False}})
+    app = make_app(cfg, db_path=tmp_path / "last.db")
+    real_write_eof = web.StreamResponse.write_eof
+
+    async def gone_at_the_end(self, data: bytes = b"") -> None:
+        if data.endswith(DONE):  # the router's last piece (the upstream ends its body with no data)
+            raise ConnectionResetError("client gone")
+        await real_write_eof(self, data)
+    monkeypatch.setattr(web.StreamResponse, "write_eof", gone_at_the_end)
+    async with TestClient(TestServer(app)) as client:
+        service = app[SERVICE]
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "stream": True, "messages": CHAT})
+        eid = r.headers["X-Router-Event-Id"]
+        r.close()
+        for _ in range(100):
+            if eid not in service._inflight:
+                break
+            await asyncio.sleep(0.02)
+        assert eid not in service._inflight
+        await service.store.flush()
+        assert (await service.store.get_decision(eid)).status == "failed"

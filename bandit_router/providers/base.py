@@ -49,7 +49,13 @@ class Completion:
 @dataclass
 class StreamResult:
     """Filled in while a stream runs; ``finished`` only once the upstream ended it properly (OpenAI's
-    ``data: [DONE]``, Anthropic's ``message_stop``). A stream cut short raises :class:`UpstreamError`."""
+    ``data: [DONE]``, Anthropic's ``message_stop``). A stream cut short raises :class:`UpstreamError`.
+
+    The contract with the router: a provider may set ``finished`` at the earliest just before it
+    yields the batch that came with the end (so the end goes out in the same write as those last
+    chunks), or after its last yield; never earlier. The router appends ``data: [DONE]`` to that
+    batch, and the handler knows the last piece by ``line.endswith(DONE)``; the stream counts as
+    completed only if the client took that last piece (the handler asked for more after it)."""
 
     usage: Usage = field(default_factory=Usage)
     finished: bool = False
