@@ -8,6 +8,7 @@ graders in the background
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -76,6 +77,7 @@ class Calling:
     _entry: Callable[[str | None], Any]
     _judge_allowed: Callable[[Any], Any]
     _charge: Callable[[Any, float], None]
+    pacers: Any  # the tenants' budgets (empty: none configured)
 
     # -- completing --------------------------------------------------------------------------
     def account(self, d: Decision, usage: Usage, status: str = "completed", *,
@@ -84,17 +86,31 @@ class Calling:
         budget and, with ``graded`` (messages, answer, reference), the category's graders scheduled.
         One step, so what the budget and the graders need (the tenant, the locality) is read from
         the decision's entry as it leaves the in-flight set, whatever the LRU has evicted since."""
+        return self._account(d, usage, status, graded, None)
+
+    def _account(self, d: Decision, usage: Usage, status: str,
+                 graded: tuple[Sequence[Message], str | None, dict[str, Any] | None] | None,
+                 cost: float | None) -> float:
         if usage.completion_tokens:
             self.router.observe_output(d, usage.completion_tokens)
-        cost, t = self._settle(d, usage, status)
+        cost, t = self._settle(d, usage, status, cost)
         if graded is not None:
             self._grade_later(d, t, *graded)
         return cost
 
-    def _settle(self, d: Decision, usage: Usage, status: str) -> tuple[float, Any]:
-        """The call's cost from its usage: its row written, its tenant charged, counted in metrics.
-        Returns the cost and the decision's entry."""
-        cost = self.router.prices[d.model].cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    def _account_after(self, d: Decision, usage: Usage, graded: Any, cost: float) -> None:
+        """:meth:`account`, run by the loop once the answer has gone out (see :meth:`complete`)."""
+        try:
+            self._account(d, usage, "completed", graded, cost)
+        except Exception:  # nobody to answer any more: say so in the log
+            log.exception("recording the completed call of %s failed", d.event_id)
+
+    def _settle(self, d: Decision, usage: Usage, status: str, cost: float | None = None) -> tuple[float, Any]:
+        """The call's cost from its usage (unless given): its row written, its tenant charged,
+        counted in metrics. Returns the cost and the decision's entry."""
+        if cost is None:
+            cost = self.router.prices[d.model].cost(usage.prompt_tokens, usage.completion_tokens,
+                                                    usage.cached_tokens)
         t = self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
         self._charge(t, cost)
         if self.metrics is not None:
@@ -179,7 +195,17 @@ class Calling:
             break
         choices = done.body.get("choices") or [{}]
         answer = (choices[0].get("message") or {}).get("content")
-        cost = self.account(d, done.usage, graded=(capped["messages"], answer, reference))
+        graded = (capped["messages"], answer, reference)
+        if self.pacers:  # the answer reports the tenant's budget after this call: charge it first
+            return done, self.account(d, done.usage, graded=graded)
+        # The answer first, the books right after: the row, the metrics and the graders wait for
+        # the loop's next turn, by when the handler has sent the answer (nothing in between awaits,
+        # unless the client is slow to read). Nothing can come between that needs the books: the
+        # client learns the event id from this answer, and feedback on a decision still in flight
+        # writes its row first. The cost is fixed now, as the answer reports it.
+        u = done.usage
+        cost = self.router.prices[d.model].cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+        asyncio.get_running_loop().call_soon(self._account_after, d, u, graded, cost)
         return done, cost
 
     def _learns(self, d: Decision) -> bool:

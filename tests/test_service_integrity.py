@@ -311,3 +311,61 @@ async def test_a_client_gone_at_the_streams_last_write_does_not_complete_it(aioh
         assert eid not in service._inflight
         await service.store.flush()
         assert (await service.store.get_decision(eid)).status == "failed"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("budget", [False, True])
+async def test_the_answer_goes_out_before_its_books_unless_it_reports_a_budget(aiohttp_server, tmp_path, monkeypatch,
+                                                                                budget):
+    """A completed call is written to the books (its row, the metrics, the graders) on the loop's
+    turn after its answer has been sent, at the cost the answer reports; with budgets configured
+    the answer reports the tenant's spending after the call, so the tenant is charged first."""
+    from aiohttp import web
+
+    sim = await aiohttp_server(make_simulator(seed=3))
+    raw = {"models": [{"name": "gpt-5.4", "base_url": f"http://127.0.0.1:{sim.port}/v1",
+                       "input_price": 1.0, "output_price": 2.0}], "cache": {"enabled": False}}
+    if budget:
+        raw["budget"] = {"usd_per_day": 100.0}
+    app = make_app(parse_config(raw), db_path=tmp_path / "order.db")
+    order: list[str] = []
+    real_write_eof = web.StreamResponse.write_eof
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await real_write_eof(self, data)
+        if self.headers.get("X-Router-Event-Id"):
+            order.append("sent")
+    monkeypatch.setattr(web.StreamResponse, "write_eof", write_eof)
+    async with TestClient(TestServer(app)) as client:
+        service = app[SERVICE]
+        real_finish = service._finish
+
+        def finish(d, **fields):
+            order.append("recorded")
+            return real_finish(d, **fields)
+        monkeypatch.setattr(service, "_finish", finish)
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CHAT})
+        assert r.status == 200
+        out = await r.json()
+        await service.store.flush()
+        assert order == (["recorded", "sent"] if budget else ["sent", "recorded"])
+        row = await service.store.get_decision(out["router"]["event_id"])
+        assert out["router"]["cost_usd"] > 0
+        assert row.status == "completed" and row.cost_usd == pytest.approx(out["router"]["cost_usd"])
+        if budget:
+            assert out["router"]["budget"]["spent_today_usd"] == pytest.approx(out["router"]["cost_usd"])
+
+
+@pytest.mark.asyncio
+async def test_a_failure_writing_the_books_after_the_answer_is_logged(stack, monkeypatch, caplog):
+    client, app = stack
+    service = app[SERVICE]
+
+    def broken(*a, **k):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(service, "_settle", broken)
+    with caplog.at_level("ERROR", logger="bandit_router"):
+        r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CHAT})
+        assert r.status == 200  # the answer had gone out
+        await asyncio.sleep(0)
+    assert any("recording the completed call" in rec.getMessage() for rec in caplog.records)

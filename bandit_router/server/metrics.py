@@ -28,6 +28,7 @@ HTTP codes, and feedback sources map to ``user``, ``grader:<configured grader>``
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
@@ -252,12 +253,17 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
     finally:
         _UPSTREAM.reset(token)
         total = time.perf_counter() - t0
-        h = resp.headers if resp is not None else {}
-        streamed = resp is not None and not isinstance(resp, web.Response)
-        m.request_done(h.get("X-Router-Model", "none"), h.get("X-Router-Category", "none"), status,
-                       "X-Router-Fallback" in h, streamed, total)
-        if not streamed and status == 200 and len(acc) == 1:
-            m.overhead.observe(max(0.0, total - acc[0]))
+        # counted on the loop's next turn, once the answer has gone out (it is sent after this returns)
+        asyncio.get_running_loop().call_soon(_count, m, resp, status, total, acc)
+
+
+def _count(m: Metrics, resp: web.StreamResponse | None, status: int, total: float, acc: list[float]) -> None:
+    h = resp.headers if resp is not None else {}
+    streamed = resp is not None and not isinstance(resp, web.Response)
+    m.request_done(h.get("X-Router-Model", "none"), h.get("X-Router-Category", "none"), status,
+                   "X-Router-Fallback" in h, streamed, total)
+    if not streamed and status == 200 and len(acc) == 1:
+        m.overhead.observe(max(0.0, total - acc[0]))
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
