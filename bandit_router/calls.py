@@ -77,6 +77,7 @@ class Calling:
     _entry: Callable[[str | None], Any]
     _judge_allowed: Callable[[Any], Any]
     _charge: Callable[[Any, float], None]
+    _inflight: dict[str, Any]  # decisions whose row is not written yet
     pacers: Any  # the tenants' budgets (empty: none configured)
 
     # -- completing --------------------------------------------------------------------------
@@ -104,6 +105,11 @@ class Calling:
             self._account(d, usage, "completed", graded, cost)
         except Exception:  # nobody to answer any more: say so in the log
             log.exception("recording the completed call of %s failed", d.event_id)
+            if (d.event_id or "") in self._inflight:  # its row not written yet: write it, not left in flight
+                try:
+                    self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status="completed")
+                except Exception:
+                    log.exception("writing the row of %s failed", d.event_id)
 
     def _settle(self, d: Decision, usage: Usage, status: str, cost: float | None = None) -> tuple[float, Any]:
         """The call's cost from its usage (unless given): its row written, its tenant charged,
@@ -230,8 +236,8 @@ class Calling:
         text: list[str] = []
         meta: dict[str, Any] = {"plain": True, "finish_reason": None}
         started = False  # something reached the client: too late to fall back
-        ended = False  # data: [DONE] was handed to the caller with the last chunks
-        delivered = False  # the caller came back for more after that last piece: it went out
+        ended = False  # data: [DONE] was handed to the caller (with the last chunks, or alone)
+        delivered = False  # the caller came back for more after the last piece: it went out
         result = StreamResult()
         capped = body
         try:
@@ -269,10 +275,14 @@ class Calling:
                     raise
                 tries.succeeded()
                 break
+            if not ended:  # the upstream's end came in a read of its own: [DONE] goes alone
+                ended = True
+                yield DONE
+                delivered = True
         finally:
-            # A client gone while the last piece was being written (GeneratorExit at that yield)
-            # did not get the stream's end: that is a stream cut short, not a completed one.
-            if result.finished and (delivered or not ended):
+            # Completed only once the client took the stream's end: a client gone while the last
+            # piece was being written (GeneratorExit at that yield) has a stream cut short.
+            if result.finished and delivered:
                 self.account(d, result.usage, graded=(capped["messages"], "".join(text), reference))
                 if answer is not None and meta["plain"]:
                     u = result.usage
@@ -285,8 +295,6 @@ class Calling:
                                   "total_tokens": u.prompt_tokens + u.completion_tokens}}
             else:
                 self._cut_short(d, result.usage, "".join(text))
-        if not ended:  # (else the last piece carried it)
-            yield DONE
 
     def _cut_short(self, d: Decision, usage: Usage, text: str) -> None:
         """A stream that did not end properly (the client left, or the upstream failed after its
