@@ -82,16 +82,13 @@ class Calling:
 
     # -- completing --------------------------------------------------------------------------
     def account(self, d: Decision, usage: Usage, status: str = "completed", *,
-                graded: tuple[Sequence[Message], str | None, dict[str, Any] | None] | None = None) -> float:
+                graded: tuple[Sequence[Message], str | None, dict[str, Any] | None] | None = None,
+                cost: float | None = None) -> float:
         """The call ended: its row written with cost and tokens, the cost charged to its tenant's
         budget and, with ``graded`` (messages, answer, reference), the category's graders scheduled.
         One step, so what the budget and the graders need (the tenant, the locality) is read from
-        the decision's entry as it leaves the in-flight set, whatever the LRU has evicted since."""
-        return self._account(d, usage, status, graded, None)
-
-    def _account(self, d: Decision, usage: Usage, status: str,
-                 graded: tuple[Sequence[Message], str | None, dict[str, Any] | None] | None,
-                 cost: float | None) -> float:
+        the decision's entry as it leaves the in-flight set, whatever the LRU has evicted since.
+        ``cost``: the call's cost when it is already known (else from the usage)."""
         if usage.completion_tokens:
             self.router.observe_output(d, usage.completion_tokens)
         cost, t = self._settle(d, usage, status, cost)
@@ -102,7 +99,7 @@ class Calling:
     def _account_after(self, d: Decision, usage: Usage, graded: Any, cost: float) -> None:
         """:meth:`account`, run by the loop once the answer has gone out (see :meth:`complete`)."""
         try:
-            self._account(d, usage, "completed", graded, cost)
+            self.account(d, usage, graded=graded, cost=cost)
         except Exception:  # nobody to answer any more: say so in the log
             log.exception("recording the completed call of %s failed", d.event_id)
             if (d.event_id or "") in self._inflight:  # its row not written yet: write it, not left in flight
@@ -115,13 +112,15 @@ class Calling:
         """The call's cost from its usage (unless given): its row written, its tenant charged,
         counted in metrics. Returns the cost and the decision's entry."""
         if cost is None:
-            cost = self.router.prices[d.model].cost(usage.prompt_tokens, usage.completion_tokens,
-                                                    usage.cached_tokens)
+            cost = self._cost(d.model, usage)
         t = self._finish(d, cost_usd=cost, completion_tokens=usage.completion_tokens, status=status)
         self._charge(t, cost)
         if self.metrics is not None:
             self.metrics.cost(d, cost)
         return cost, t
+
+    def _cost(self, model: str, u: Usage) -> float:
+        return self.router.prices[model].cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 
     def _cap_output(self, d: Decision, body: dict[str, Any]) -> dict[str, Any]:
         """Cap the request's output tokens at the chosen model's configured limit."""
@@ -138,9 +137,8 @@ class Calling:
             raise KeyError(f"judge model {model!r} is not configured")
         done = await self.providers[model].complete({"model": model, "messages": messages, "max_tokens": 200,
                                                      "temperature": 0})
-        u = done.usage
         text = ((done.body.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-        return text, self.router.prices[model].cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+        return text, self._cost(model, done.usage)
 
     def _grade_later(self, d: Decision, t: Any, messages: Sequence[Message], answer: str | None,
                      reference: dict[str, Any] | None) -> None:
@@ -209,9 +207,8 @@ class Calling:
         # unless the client is slow to read). Nothing can come between that needs the books: the
         # client learns the event id from this answer, and feedback on a decision still in flight
         # writes its row first. The cost is fixed now, as the answer reports it.
-        u = done.usage
-        cost = self.router.prices[d.model].cost(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
-        asyncio.get_running_loop().call_soon(self._account_after, d, u, graded, cost)
+        cost = self._cost(d.model, done.usage)
+        asyncio.get_running_loop().call_soon(self._account_after, d, done.usage, graded, cost)
         return done, cost
 
     def _learns(self, d: Decision) -> bool:

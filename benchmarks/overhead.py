@@ -8,8 +8,8 @@ directory) runs in another, with that upstream as its only model. ``wrk`` (Debia
 drives POST /v1/chat/completions at 1, 10 and 50 connections, against the upstream alone, a bare
 aiohttp pass-through (uvloop, no logic, no storage: the ceiling of the stack), the issue's yardstick
 (that pass-through plus a synchronous SQLite insert per request, with synchronous=FULL and with
-NORMAL, as the issue does not say which; the router's throughput and added
-latency are also given as ratios to it, which depend less on the machine than the absolute numbers), and the router
+NORMAL, as the issue does not say which; the router's throughput and added latency are also given
+as ratios to each, which depend less on the machine than the absolute numbers), and the router
 (``model: auto``: features, category inference, Thompson draw, decision logged to SQLite), and the
 router answering from its response cache (the same request with ``temperature: 0``, so after the
 warm-up every request is a hit: decision, cache lookup, decision logged, no upstream call).

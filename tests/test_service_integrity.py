@@ -225,6 +225,20 @@ async def test_an_error_of_ours_after_the_decision_writes_it_as_failed(stack, mo
     assert (await service.store.get_decision(eid)).status == "failed"
 
 
+async def _routed_to(chat, aiohttp_server, tmp_path, **config):
+    """A router (no response cache) whose one model "m" ($1 / $10 per 1M tokens) is a small
+    upstream answering POST /v1/chat/completions with ``chat``."""
+    from aiohttp import web
+
+    up = web.Application()
+    up.router.add_post("/v1/chat/completions", chat)
+    upstream = await aiohttp_server(up)
+    cfg = parse_config({"models": [{"name": "m", "base_url": f"http://127.0.0.1:{upstream.port}/v1",
+                                    "input_price": 1.0, "output_price": 10.0}], "cache": {"enabled": False},
+                        **config})
+    return make_app(cfg, db_path=tmp_path / "routed.db")
+
+
 @pytest.mark.asyncio
 async def test_a_stream_the_client_leaves_is_still_charged_to_its_budget(aiohttp_server, tmp_path):
     """Found in review: a stream cut short ("stop generating") was written with no cost and never
@@ -243,13 +257,7 @@ async def test_a_stream_the_client_leaves_is_still_charged_to_its_budget(aiohttp
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    up = web.Application()
-    up.router.add_post("/v1/chat/completions", slow_stream)
-    upstream = await aiohttp_server(up)
-    cfg = parse_config({"models": [{"name": "m", "base_url": f"http://127.0.0.1:{upstream.port}/v1",
-                                    "input_price": 1.0, "output_price": 10.0}],
-                        "budget": {"usd_per_day": 10.0}, "cache": {"enabled": False}})
-    app = make_app(cfg, db_path=tmp_path / "cut.db")
+    app = await _routed_to(slow_stream, aiohttp_server, tmp_path, budget={"usd_per_day": 10.0})
     async with TestClient(TestServer(app)) as client:
         service = app[SERVICE]
         r = await client.post("/v1/chat/completions", headers={"X-Router-Tenant": "t2"},
@@ -295,12 +303,7 @@ async def test_a_client_gone_at_the_streams_last_write_does_not_complete_it(aioh
             await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    up = web.Application()
-    up.router.add_post("/v1/chat/completions", all_at_once)
-    upstream = await aiohttp_server(up)
-    cfg = parse_config({"models": [{"name": "m", "base_url": f"http://127.0.0.1:{upstream.port}/v1",
-                                    "input_price": 1.0, "output_price": 10.0}], "cache": {"enabled": False}})
-    app = make_app(cfg, db_path=tmp_path / "last.db")
+    app = await _routed_to(all_at_once, aiohttp_server, tmp_path)
     real_write_eof = web.StreamResponse.write_eof
 
     async def gone_at_the_end(self, data: bytes = b"") -> None:
