@@ -1,6 +1,6 @@
 """Router overhead and throughput, side by side with the upstream alone, in one run.
 
-    python benchmarks/overhead.py [--seconds 8] [--connections 1 10 50] [--json out/overhead.json]
+    python benchmarks/overhead.py [--seconds 8] [--connections 1 10 50] [--prompt-chars N] [--json out/overhead.json]
 
 An upstream that answers at once (a minimal aiohttp server returning a fixed ChatCompletion with
 usage) runs in its own process; the router (``bandit-router serve``, SQLite in a temporary
@@ -15,6 +15,8 @@ router answering from its response cache (the same request with ``temperature: 0
 warm-up every request is a hit: decision, cache lookup, decision logged, no upstream call).
 Reported: p50 and p99 latency and requests/s of each, the median latency each adds, and the CPU time per
 request of the pass-through and the router (all threads, and the event loop's thread alone).
+The request is a one-line prompt (33 characters); ``--prompt-chars N`` sends the first N characters
+of the seed article instead, what a prompt with a system message and context looks like.
 Goals (issue 3): ≤ 0.5 ms added at 1 connection; ≥ 3,000 requests/s at 50 connections.
 """
 
@@ -95,8 +97,10 @@ SYNCS = ("FULL", "NORMAL")
 LUA = textwrap.dedent('''
     wrk.method = "POST"
     wrk.headers["Content-Type"] = "application/json"
-    wrk.body = '{"model": "MODEL", "messages": [{"role": "user", "content": "Write a Python function that adds"}]EXTRA}'
+    wrk.body = [==[{"model": "MODEL", "messages": [{"role": "user", "content": PROMPT}]EXTRA}]==]
 ''')
+PROMPT = "Write a Python function that adds"
+ARTICLE = Path(__file__).resolve().parent.parent.parent / "shared" / "docs" / "seed-article.txt"
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
@@ -118,7 +122,7 @@ def wrk(url: str, model: str, connections: int, seconds: float, tmp: Path, pid: 
     thread (the event loop) alone. ``extra``: more JSON fields for the body, e.g. ``, "temperature": 0``."""
     before = thread_cpu_s(pid) if pid else {}
     script = tmp / f"{model}.lua"
-    script.write_text(LUA.replace("MODEL", model).replace("EXTRA", extra))
+    script.write_text(LUA.replace("MODEL", model).replace("EXTRA", extra).replace("PROMPT", json.dumps(PROMPT)))
     out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "-s",
                           str(script), url + "/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
 
@@ -145,7 +149,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--prompt-chars", type=int, default=None,
+                    help=f"send the first N characters of {ARTICLE.name} as the prompt (default: one short line)")
     args = ap.parse_args()
+    if args.prompt_chars:
+        global PROMPT
+        text = ARTICLE.read_text()
+        PROMPT = (text * (1 + args.prompt_chars // len(text)))[:args.prompt_chars]
     if shutil.which("wrk") is None:
         print("needs wrk (Debian: apt-get install wrk)", file=sys.stderr)
         return 2

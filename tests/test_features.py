@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bandit_router.categories import DEFAULT_CATEGORIES, CategoryClassifier
+from bandit_router.categories import _SHORT, DEFAULT_CATEGORIES, DEFAULT_RULES, CategoryClassifier
 from bandit_router.features import DIM, FEATURE_NAMES, HASHED_WORDS, N_DENSE, estimate_tokens, featurize
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -204,6 +205,43 @@ def test_custom_rules_from_a_dict():
     assert clf.classify(user("A recipe")) == "other"  # 1.0 < min_score
     assert clf.classify(user("A recipe, another RECIPE")) == "food"  # case-insensitive, 2 hits
     assert clf.classify(user("Write a Python function")) == "other"  # defaults replaced, not merged
+
+
+def _reference_scores(clf: CategoryClassifier, text: str) -> dict[str, float]:
+    """What the rules score with Python's re alone, every rule scanned (ASCII classes, as documented)."""
+    half = clf.max_chars // 2
+    text = (text[:half] + text[-half:] if len(text) > clf.max_chars else text).lower()
+    return {c: sum(w * min(len(re.findall(p, text, re.M | re.ASCII)), clf.cap) for p, w in rules)
+            for c, rules in clf.rules.items()}
+
+
+# pieces of the default rules' own vocabulary, so that random texts hit them, near misses and all
+_VOCAB = sorted({w for rules in DEFAULT_RULES.values() for p, _ in rules for w in re.findall(r"[a-z+#.`]+", p)}
+                | {"def f(", "class a:", "import os", "```", " _ ", "_.", "step by step", "é", "ß", "中文", "naïve"})
+_SEPARATORS = st.sampled_from([" ", "  ", "\n", "\t", ", ", ". ", "_", "-", "", "é", "(", ":"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_VOCAB), _SEPARATORS), max_size=60), st.integers(0, 3))
+def test_the_fast_engine_scores_what_re_scores(pieces, repeat):
+    """RE2 (the set that finds the rules that match, and the counting in long texts) scores exactly
+    what Python's re scores, short texts and texts past the length where RE2 counts."""
+    clf = CategoryClassifier()
+    text = "".join(w + sep for w, sep in pieces) * (1 + repeat * 30)
+    assert clf.scores(text) == _reference_scores(clf, text)
+
+
+def test_the_fast_engine_on_a_long_text_and_the_rules_re2_refuses():
+    clf = CategoryClassifier()
+    long = "Please debug this Python exception. " * 60  # past _SHORT: counted by RE2, capped at 5 a rule
+    assert len(long) > _SHORT
+    assert clf.scores(long) == _reference_scores(clf, long) and clf.scores(long)["coding"] == 5 * 1.0
+    # a lookbehind and a possessive repeat (RE2 refuses both) and {,n} (RE2 would read it as text)
+    odd = CategoryClassifier(rules={"x": [(r"(?<=a)b", 1.0), (r"c++d", 1.0), (r"ef{,2}g", 1.0)]}, min_score=3.0)
+    for text in ("ab cd effg", ("ab cd effg " * 200)):
+        assert odd.scores(text) == _reference_scores(odd, text)
+    assert odd.classify_text("ab cd effg") == "x"
+    assert odd.classify_text("ab cd efffg") == "general"  # three f: not ef{,2}g
 
 
 def test_bad_regex_names_the_category():
