@@ -136,17 +136,20 @@ class CategoryClassifier:
     def scores(self, text: str) -> dict[str, float]:
         text = text[: self.max_chars // 2] + text[-self.max_chars // 2 :] if len(text) > self.max_chars else text
         text = text.lower()
-        matched = self._set.Match(text) if self._set is not None else None
+        # RE2 reads bytes: encoded once here (it would encode a str on every call, and map every
+        # match back to characters); surrogatepass, so a lone surrogate cannot raise
+        data = text.encode("utf-8", "surrogatepass")
+        matched = self._set.Match(data) if self._set is not None else None
         maybe = self._always.union([self._in_set[j] for j in matched]) if matched else self._always
+        short = len(text) <= _SHORT
         out = {}
         for category, rules in self._compiled:
             s = 0.0
-            for n, short, long, weight in rules:
+            for n, slow, fast, weight in rules:
                 if n not in maybe:
                     continue
-                pattern = short if len(text) <= _SHORT else long
                 hits = 0
-                for _ in pattern.finditer(text):
+                for _ in (slow.finditer(text) if short or fast is slow else fast.finditer(data)):
                     hits += 1
                     if hits >= self.cap:
                         break

@@ -218,7 +218,7 @@ def _reference_scores(clf: CategoryClassifier, text: str) -> dict[str, float]:
 # pieces of the default rules' own vocabulary, so that random texts hit them, near misses and all
 _VOCAB = sorted({w for rules in DEFAULT_RULES.values() for p, _ in rules for w in re.findall(r"[a-z+#.`]+", p)}
                 | {"def f(", "class a:", "import os", "```", " _ ", "_.", "step by step", "é", "ß", "中文", "naïve"})
-_SEPARATORS = st.sampled_from([" ", "  ", "\n", "\t", ", ", ". ", "_", "-", "", "é", "(", ":"])
+_SEPARATORS = st.sampled_from([" ", "  ", "\n", "\t", ", ", ". ", "_", "-", "", "é", "(", ":", "\ud800"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -236,6 +236,9 @@ def test_the_fast_engine_on_a_long_text_and_the_rules_re2_refuses():
     long = "Please debug this Python exception. " * 60  # past _SHORT: counted by RE2, capped at 5 a rule
     assert len(long) > _SHORT
     assert clf.scores(long) == _reference_scores(clf, long) and clf.scores(long)["coding"] == 5 * 1.0
+    lone = "write a python function\ud800 that adds, then debug it\udfff"  # lone surrogates: no error
+    for text in (lone, lone * 40):
+        assert clf.scores(text) == _reference_scores(clf, text)
     # a lookbehind and a possessive repeat (RE2 refuses both) and {,n} (RE2 would read it as text)
     odd = CategoryClassifier(rules={"x": [(r"(?<=a)b", 1.0), (r"c++d", 1.0), (r"ef{,2}g", 1.0)]}, min_score=3.0)
     for text in ("ab cd effg", ("ab cd effg " * 200)):
