@@ -128,6 +128,10 @@ class CategoryClassifier:
         self._set = fast if self._in_set else None
         self._always = frozenset(always)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (and copied) as its settings: the compiled engines are rebuilt (RE2's cannot be pickled)."""
+        return (type(self), (self.rules, self.fallback, self.min_score, self.cap, self.max_chars))
+
     @property
     def categories(self) -> tuple[str, ...]:
         names = [c for c, _ in self._compiled]

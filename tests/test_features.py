@@ -247,6 +247,21 @@ def test_the_fast_engine_on_a_long_text_and_the_rules_re2_refuses():
     assert odd.classify_text("ab cd efffg") == "general"  # three f: not ef{,2}g
 
 
+def test_a_classifier_and_a_router_pickle_and_copy():
+    import copy
+    import pickle
+
+    from bandit_router.costs import Price
+    from bandit_router.router import ModelSpec, Router
+
+    clf = CategoryClassifier(rules={"legal": [(r"\bcontract\b", 2.0)]}, fallback="other", cap=3)
+    for twin in (pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)):
+        assert (twin.rules, twin.fallback, twin.cap) == (clf.rules, clf.fallback, clf.cap)
+        assert twin.classify_text("a contract") == "legal" and twin.classify_text("a recipe") == "other"
+    router = Router([ModelSpec("m", Price(1.0, 2.0))])
+    assert copy.deepcopy(router).infer_category(user("Write a Python function")) == "coding"
+
+
 def test_bad_regex_names_the_category():
     with pytest.raises(ValueError, match=r"categories\.rules\.broken\[1\]: bad pattern '\(unclosed'"):
         CategoryClassifier(rules={"fine": [(r"ok", 1.0)], "broken": [(r"good", 1.0), (r"(unclosed", 1.0)]})
