@@ -41,9 +41,10 @@ class _Pattern(Protocol):
 
 
 def _re2(pattern: str) -> _Pattern | None:
-    """The pattern compiled by RE2, or None where RE2 refuses it or would read it otherwise
-    (``{,n}`` is a repeat in Python and literal text in RE2)."""
-    if "{," in pattern:
+    """The pattern compiled by RE2, or None where RE2 refuses it or would read it otherwise:
+    ``{,n}`` is a repeat in Python and literal text in RE2, ``[[:alpha:]]`` a set of the characters
+    ``[:alph`` in Python and a POSIX class in RE2."""
+    if "{," in pattern or "[:" in pattern:
         return None
     try:
         return re2.compile("(?m)" + pattern, options=_RE2_OPTIONS)
@@ -101,6 +102,7 @@ class CategoryClassifier:
     _set: Any = field(init=False, repr=False)  # re2.Set over the rules RE2 took
     _in_set: list[int] = field(init=False, repr=False)  # set index -> rule number
     _always: frozenset[int] = field(init=False, repr=False)  # rules matched by re: always scanned
+    _every: frozenset[int] = field(init=False, repr=False)  # every rule number
 
     def __post_init__(self) -> None:
         self._compiled, self._in_set = [], []
@@ -127,6 +129,7 @@ class CategoryClassifier:
             fast.Compile()
         self._set = fast if self._in_set else None
         self._always = frozenset(always)
+        self._every = frozenset(range(sum(len(r) for _, r in self._compiled)))
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (and copied) as its settings: the compiled engines are rebuilt (RE2's cannot be pickled)."""
@@ -143,9 +146,12 @@ class CategoryClassifier:
         # RE2 reads bytes: encoded once here (it would encode a str on every call, and map every
         # match back to characters); surrogatepass, so a lone surrogate cannot raise
         data = text.encode("utf-8", "surrogatepass")
-        matched = self._set.Match(data) if self._set is not None else None
-        maybe = self._always.union([self._in_set[j] for j in matched]) if matched else self._always
-        short = len(text) <= _SHORT
+        if "\v" in text:  # RE2's \s leaves out the vertical tab, Python's takes it: re alone, every rule
+            maybe, short = self._every, True
+        else:
+            matched = self._set.Match(data) if self._set is not None else None
+            maybe = self._always.union([self._in_set[j] for j in matched]) if matched else self._always
+            short = len(text) <= _SHORT
         out = {}
         for category, rules in self._compiled:
             s = 0.0
