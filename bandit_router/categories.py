@@ -32,6 +32,7 @@ from .features import Message, conversation_text
 
 _FLAGS = re.M | re.ASCII  # what RE2 does: ^ and $ at line ends, ASCII \b \w \d \s
 _SHORT = 1000  # characters: up to here a matching rule's hits are counted by re, beyond by RE2
+_POSIX_CLASS = re.compile(r"\[:\^?[a-z]+:\]")  # [:alpha:] (also seen inside a longer set)
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a pattern RE2 refuses falls back to re; no log line for it
 
@@ -44,12 +45,35 @@ def _re2(pattern: str) -> _Pattern | None:
     """The pattern compiled by RE2, or None where RE2 refuses it or would read it otherwise:
     ``{,n}`` is a repeat in Python and literal text in RE2, ``[[:alpha:]]`` a set of the characters
     ``[:alph`` in Python and a POSIX class in RE2."""
-    if "{," in pattern or "[:" in pattern:
+    if "{," in pattern or _POSIX_CLASS.search(pattern):
         return None
     try:
         return re2.compile("(?m)" + pattern, options=_RE2_OPTIONS)
     except re2.error:
         return None
+
+def _count(matches: Iterator[Any], cap: int) -> int:
+    hits = 0
+    for _ in matches:
+        hits += 1
+        if hits >= cap:
+            break
+    return hits
+
+
+def _count_re2(matches: Iterator[Any], cap: int) -> int:
+    """As :func:`_count`, for google-re2's ``finditer``, which yields an empty match twice where a
+    match ends at the start of the next (``^`` at a line start, ``\\b``); Python's yields it once."""
+    hits, last = 0, None
+    for m in matches:
+        span = m.span()
+        if span != last:
+            hits += 1
+            if hits >= cap:
+                break
+        last = span
+    return hits
+
 
 DEFAULT_CATEGORIES: tuple[str, ...] = ("coding", "reasoning", "science", "computer_use", "general")
 
@@ -158,12 +182,8 @@ class CategoryClassifier:
             for n, slow, fast, weight in rules:
                 if n not in maybe:
                     continue
-                hits = 0
-                for _ in (slow.finditer(text) if short or fast is slow else fast.finditer(data)):
-                    hits += 1
-                    if hits >= self.cap:
-                        break
-                s += weight * hits
+                s += weight * (_count(slow.finditer(text), self.cap) if short or fast is slow
+                               else _count_re2(fast.finditer(data), self.cap))
             out[category] = s
         return out
 

@@ -244,10 +244,15 @@ def test_the_fast_engine_on_a_long_text_and_the_rules_re2_refuses():
     vt = CategoryClassifier(rules={"x": [(r"foo\sbar", 2.0), (r"a\Sb", 2.0)]})
     for text in ("foo\vbar", "a\vb foo bar", ("foo\vbar a\vb " * 100)):
         assert vt.scores(text) == _reference_scores(vt, text)
+    # empty matches, which google-re2's finditer repeats where one match ends and the next begins
+    empty = CategoryClassifier(rules={"x": [(r"^", 1.0), (r"$", 1.0), (r"\b", 0.5), (r"z*", 0.25)]}, cap=10**6)
+    for text in ("a\nb\n", "ab cd", ("a\nb c\n" + "x" * 2000), ("ab cd\n" * 300)):
+        assert empty.scores(text) == _reference_scores(empty, text)
     # POSIX-looking classes: characters in Python, a class in RE2
     with pytest.warns(FutureWarning, match="nested set"):  # Python's own warning about the pattern
         posix = CategoryClassifier(rules={"x": [(r"[[:alpha:]]+", 2.0)]})
     assert posix.scores("abc") == _reference_scores(posix, "abc") == {"x": 0.0}
+    assert sum(len(r) for _, r in CategoryClassifier()._compiled) == len(CategoryClassifier()._in_set)  # all RE2
     odd = CategoryClassifier(rules={"x": [(r"(?<=a)b", 1.0), (r"c++d", 1.0), (r"ef{,2}g", 1.0)]}, min_score=3.0)
     for text in ("ab cd effg", ("ab cd effg " * 200)):
         assert odd.scores(text) == _reference_scores(odd, text)
