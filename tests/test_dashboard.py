@@ -287,9 +287,16 @@ async def test_dashboard_in_chromium_asks_for_the_token_and_signs_out(stack, bro
     await page.wait_for_selector("#login:not([hidden])", timeout=10_000)
     assert await page.is_hidden("#main")
     await page.fill("#token", "not-the-admin-token-0123")
-    await page.click("#login button[type=submit]")
+    await page.click("#login button[type=submit]")  # the handler stores the token and asks, synchronously
+    # the page said "not accepted" already before this token (it had none): wait for this answer
+    # (polled with evaluate: the page's Content-Security-Policy refuses wait_for_function's eval)
+    signed_out = "[sessionStorage.getItem('bandit-router-admin-token'), document.getElementById('status').textContent]"
+    for _ in range(200):
+        if await page.evaluate(signed_out) == [None, "signed out"]:
+            break
+        await asyncio.sleep(0.05)
+    assert await page.evaluate(signed_out) == [None, "signed out"]  # the token was refused and forgotten
     await expect(page.locator("#login-message")).to_contain_text("not accepted", timeout=10_000)
-    assert await page.evaluate("sessionStorage.getItem('bandit-router-admin-token')") is None
     await page.fill("#token", TOKEN)
     await page.click("#login button[type=submit]")
     await page.wait_for_selector('#health tr[data-model="glm-5"]', timeout=10_000)
