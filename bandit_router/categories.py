@@ -14,14 +14,16 @@ text, where it is quicker to start, by RE2 in a long one). That keeps inference 
 microseconds for a short prompt and well under a millisecond for the longest window, where Python's
 backtracking engine took about 0.24 µs a character for the default rules (1.9 ms for 8,000 characters;
 ``benchmarks/classify_speed.py``). Rules RE2 does not accept (lookarounds, backreferences, possessive
-repeats) fall back to Python's ``re``. Either way ``\b``, ``\w``, ``\d`` and ``\s`` are ASCII classes,
-so both engines agree; they count the same matches on the 26,700 prompts and answers of the RouterBench
-subset (the same benchmark checks this).
+repeats), and rules it could count otherwise (see ``_re2``: inline flags, empty matches, big bounded
+repeats, rules that are not ASCII), are run by Python's ``re``. ``\b``, ``\w``, ``\d`` and ``\s`` are
+ASCII classes in both engines, except in a rule that is not ASCII itself or says ``(?u)``. Both count
+the same matches on the 26,700 prompts and answers of the RouterBench subset (the benchmark checks).
 """
 
 from __future__ import annotations
 
 import re
+import re._parser as _parser  # the minimum width of a pattern (can it match the empty string?)
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,6 +35,8 @@ from .features import Message, conversation_text
 _FLAGS = re.M | re.ASCII  # what RE2 does: ^ and $ at line ends, ASCII \b \w \d \s
 _SHORT = 1000  # characters: up to here a matching rule's hits are counted by re, beyond by RE2
 _POSIX_CLASS = re.compile(r"\[:\^?[a-z]+:\]")  # [:alpha:] (also seen inside a longer set)
+_INLINE_FLAGS = re.compile(r"\(\?[aiLmsux-]")  # (?i) (?-m:...) (?s) ...
+_REPEAT_BOUND = re.compile(r"\{(?:\d*,)?(\d+)\}")  # {n} {n,m} {,m}: the upper bound
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a pattern RE2 refuses falls back to re; no log line for it
 
@@ -41,11 +45,26 @@ class _Pattern(Protocol):
     def finditer(self, text: str) -> Iterator[Any]: ...
 
 
-def _re2(pattern: str) -> _Pattern | None:
-    """The pattern compiled by RE2, or None where RE2 refuses it or would read it otherwise:
-    ``{,n}`` is a repeat in Python and literal text in RE2, ``[[:alpha:]]`` a set of the characters
-    ``[:alph`` in Python and a POSIX class in RE2."""
-    if "{," in pattern or _POSIX_CLASS.search(pattern):
+def _flags(pattern: str) -> int:
+    """ASCII classes, as RE2's, unless the rule itself is not ASCII (``\\bпривет\\b`` needs Unicode
+    ``\\b``) or asks for Unicode (``(?u)``): such a rule keeps Python's Unicode classes."""
+    return re.M if not pattern.isascii() or "(?u" in pattern else _FLAGS
+
+
+def _re2(pattern: str, slow: re.Pattern[str]) -> _Pattern | None:
+    """The pattern compiled by RE2, or None where RE2 refuses it or could count otherwise than
+    Python's ``re``: a rule that is not ASCII or asks for Unicode; inline flags (``(?i)`` folds ſ into
+    s in RE2, ``(?-m:a$)`` differs before a final newline); ``{,n}`` (a repeat in Python, text in
+    RE2) and ``[[:alpha:]]`` (characters in Python, a POSIX class in RE2); a rule that can match
+    the empty string (the engines step past empty matches differently); a bounded repeat over 30
+    (``[^\\n]{0,300}`` makes RE2's DFA thrash: 50 ms a long text against re's 0.4)."""
+    if (slow.flags & re.ASCII == 0 or _INLINE_FLAGS.search(pattern) or "{," in pattern
+            or _POSIX_CLASS.search(pattern) or any(int(m) > 30 for m in _REPEAT_BOUND.findall(pattern))):
+        return None
+    try:
+        if _parser.parse(pattern, _FLAGS).getwidth()[0] == 0:
+            return None
+    except Exception:  # noqa: BLE001 (a private parser: anything unexpected keeps the rule on re)
         return None
     try:
         return re2.compile("(?m)" + pattern, options=_RE2_OPTIONS)
@@ -122,11 +141,12 @@ class CategoryClassifier:
     cap: int = 5
     max_chars: int = 8000
     # per category: (rule number, re pattern, RE2 pattern or the re one again, weight)
-    _compiled: list[tuple[str, list[tuple[int, _Pattern, _Pattern, float]]]] = field(init=False, repr=False)
-    _set: Any = field(init=False, repr=False)  # re2.Set over the rules RE2 took
-    _in_set: list[int] = field(init=False, repr=False)  # set index -> rule number
-    _always: frozenset[int] = field(init=False, repr=False)  # rules matched by re: always scanned
-    _every: frozenset[int] = field(init=False, repr=False)  # every rule number
+    _compiled: list[tuple[str, list[tuple[int, _Pattern, _Pattern, float]]]] = field(
+        init=False, repr=False, compare=False)
+    _set: Any = field(init=False, repr=False, compare=False)  # re2.Set over the rules RE2 took
+    _in_set: list[int] = field(init=False, repr=False, compare=False)  # set index -> rule number
+    _always: frozenset[int] = field(init=False, repr=False, compare=False)  # rules matched by re: always scanned
+    _every: frozenset[int] = field(init=False, repr=False, compare=False)  # every rule number
 
     def __post_init__(self) -> None:
         self._compiled, self._in_set = [], []
@@ -137,11 +157,11 @@ class CategoryClassifier:
             for i, (pattern, weight) in enumerate(rules):
                 try:
                     # matched against lower-cased text, so no IGNORECASE (which made it 2x slower)
-                    slow = re.compile(pattern, _FLAGS)  # the syntax check, and the fallback
-                except re.error as e:
+                    slow = re.compile(pattern, _flags(pattern))  # the syntax check, and the fallback
+                except (re.error, ValueError) as e:
                     raise ValueError(f"categories.rules.{category}[{i}]: bad pattern {pattern!r}: {e}") from e
                 n = sum(len(r) for _, r in self._compiled) + len(compiled)
-                matcher = _re2(pattern)
+                matcher = _re2(pattern, slow)
                 if matcher is None:
                     always.append(n)
                 else:

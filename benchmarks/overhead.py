@@ -16,7 +16,7 @@ warm-up every request is a hit: decision, cache lookup, decision logged, no upst
 Reported: p50 and p99 latency and requests/s of each, the median latency each adds, and the CPU time per
 request of the pass-through and the router (all threads, and the event loop's thread alone).
 The request is a one-line prompt (33 characters); ``--prompt-chars N`` sends the first N characters
-of the seed article instead, what a prompt with a system message and context looks like.
+of the seed article instead (one user message; the length of a prompt with instructions and context).
 Goals (issue 3): ≤ 0.5 ms added at 1 connection; ≥ 3,000 requests/s at 50 connections.
 """
 

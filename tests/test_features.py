@@ -211,7 +211,8 @@ def _reference_scores(clf: CategoryClassifier, text: str) -> dict[str, float]:
     """What the rules score with Python's re alone, every rule scanned (ASCII classes, as documented)."""
     half = clf.max_chars // 2
     text = (text[:half] + text[-half:] if len(text) > clf.max_chars else text).lower()
-    return {c: sum(w * min(len(re.findall(p, text, re.M | re.ASCII)), clf.cap) for p, w in rules)
+    flags = {p: re.M if not p.isascii() or "(?u" in p else re.M | re.ASCII for r in clf.rules.values() for p, _ in r}
+    return {c: sum(w * min(len(re.findall(p, text, flags[p])), clf.cap) for p, w in rules)
             for c, rules in clf.rules.items()}
 
 
@@ -251,7 +252,22 @@ def test_the_fast_engine_on_a_long_text_and_the_rules_re2_refuses():
     # POSIX-looking classes: characters in Python, a class in RE2
     with pytest.warns(FutureWarning, match="nested set"):  # Python's own warning about the pattern
         posix = CategoryClassifier(rules={"x": [(r"[[:alpha:]]+", 2.0)]})
-    assert posix.scores("abc") == _reference_scores(posix, "abc") == {"x": 0.0}
+    for text in ("abc", ":]", "abc :] " * 200):  # ":]" matches in Python, not in RE2
+        assert posix.scores(text) == _reference_scores(posix, text)
+    # multiline ^ in the set: the match is on a later line only
+    m = CategoryClassifier(rules={"x": [(r"^import\b", 2.0)]})
+    assert m.scores("text first\nimport os") == {"x": 2.0} == _reference_scores(m, "text first\nimport os")
+    # what RE2 could count otherwise stays with re: inline flags ((?i) folds ſ into s in RE2), empty
+    # matches, big bounded repeats (RE2's DFA thrashes); a rule that is not ASCII keeps Unicode \b
+    other = {"x": [(r"(?i)b\W+c", 1.0), (r"(?-m:a$)", 1.0), (r"\B", 1.0), (r"a??", 1.0),
+                   (r"a[^\n]{0,300}q", 1.0), (r"\bпривет\b", 1.0)]}
+    clf_other = CategoryClassifier(rules=other)
+    assert clf_other._in_set == [] and len(clf_other._always) == 6
+    for text in ("b ſ c", "b ſ c a\n" * 300):
+        assert clf_other.scores(text) == _reference_scores(clf_other, text)
+    assert clf_other.scores("b ſ c")["x"] == 1.0 + 2.0 + 5.0  # (?i) rule once, \B twice, a?? capped at 5
+    assert CategoryClassifier(rules={"x": [(r"\bпривет\b", 2.0)]}).classify_text("Привет, мир") == "x"
+    assert CategoryClassifier() == CategoryClassifier()
     assert sum(len(r) for _, r in CategoryClassifier()._compiled) == len(CategoryClassifier()._in_set)  # all RE2
     odd = CategoryClassifier(rules={"x": [(r"(?<=a)b", 1.0), (r"c++d", 1.0), (r"ef{,2}g", 1.0)]}, min_score=3.0)
     for text in ("ab cd effg", ("ab cd effg " * 200)):
