@@ -71,26 +71,15 @@ def _re2(pattern: str, slow: re.Pattern[str]) -> _Pattern | None:
     except re2.error:
         return None
 
+
 def _count(matches: Iterator[Any], cap: int) -> int:
+    """Matches, up to ``cap``. (No rule that can match the empty string reaches RE2, so the two
+    engines' different steps past an empty match never show here.)"""
     hits = 0
     for _ in matches:
         hits += 1
         if hits >= cap:
             break
-    return hits
-
-
-def _count_re2(matches: Iterator[Any], cap: int) -> int:
-    """As :func:`_count`, for google-re2's ``finditer``, which yields an empty match twice where a
-    match ends at the start of the next (``^`` at a line start, ``\\b``); Python's yields it once."""
-    hits, last = 0, None
-    for m in matches:
-        span = m.span()
-        if span != last:
-            hits += 1
-            if hits >= cap:
-                break
-        last = span
     return hits
 
 
@@ -152,6 +141,7 @@ class CategoryClassifier:
         self._compiled, self._in_set = [], []
         always = []
         fast = re2.Set.SearchSet(_RE2_OPTIONS)
+        n = 0  # the rule's number, over every category
         for category, rules in self.rules.items():
             compiled: list[tuple[int, _Pattern, _Pattern, float]] = []
             for i, (pattern, weight) in enumerate(rules):
@@ -160,7 +150,6 @@ class CategoryClassifier:
                     slow = re.compile(pattern, _flags(pattern))  # the syntax check, and the fallback
                 except (re.error, ValueError) as e:
                     raise ValueError(f"categories.rules.{category}[{i}]: bad pattern {pattern!r}: {e}") from e
-                n = sum(len(r) for _, r in self._compiled) + len(compiled)
                 matcher = _re2(pattern, slow)
                 if matcher is None:
                     always.append(n)
@@ -168,12 +157,13 @@ class CategoryClassifier:
                     fast.Add("(?m)" + pattern)
                     self._in_set.append(n)
                 compiled.append((n, slow, matcher or slow, float(weight)))
+                n += 1
             self._compiled.append((category, compiled))
         if self._in_set:
             fast.Compile()
         self._set = fast if self._in_set else None
         self._always = frozenset(always)
-        self._every = frozenset(range(sum(len(r) for _, r in self._compiled)))
+        self._every = frozenset(range(n))
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (and copied) as its settings: the compiled engines are rebuilt (RE2's cannot be pickled)."""
@@ -189,10 +179,11 @@ class CategoryClassifier:
         text = text.lower()
         # RE2 reads bytes: encoded once here (it would encode a str on every call, and map every
         # match back to characters); surrogatepass, so a lone surrogate cannot raise
-        data = text.encode("utf-8", "surrogatepass")
+        data = b""
         if "\v" in text:  # RE2's \s leaves out the vertical tab, Python's takes it: re alone, every rule
             maybe, short = self._every, True
         else:
+            data = text.encode("utf-8", "surrogatepass")
             matched = self._set.Match(data) if self._set is not None else None
             maybe = self._always.union([self._in_set[j] for j in matched]) if matched else self._always
             short = len(text) <= _SHORT
@@ -202,8 +193,7 @@ class CategoryClassifier:
             for n, slow, fast, weight in rules:
                 if n not in maybe:
                     continue
-                s += weight * (_count(slow.finditer(text), self.cap) if short or fast is slow
-                               else _count_re2(fast.finditer(data), self.cap))
+                s += weight * _count(slow.finditer(text) if short or fast is slow else fast.finditer(data), self.cap)
             out[category] = s
         return out
 

@@ -240,12 +240,11 @@ def test_the_fast_engine_on_a_long_text_and_the_rules_re2_refuses():
     lone = "write a python function\ud800 that adds, then debug it\udfff"  # lone surrogates: no error
     for text in (lone, lone * 40):
         assert clf.scores(text) == _reference_scores(clf, text)
-    # a lookbehind and a possessive repeat (RE2 refuses both) and {,n} (RE2 would read it as text)
     # a vertical tab: \s in Python, not in RE2 (so every rule is counted by re in such a text)
     vt = CategoryClassifier(rules={"x": [(r"foo\sbar", 2.0), (r"a\Sb", 2.0)]})
     for text in ("foo\vbar", "a\vb foo bar", ("foo\vbar a\vb " * 100)):
         assert vt.scores(text) == _reference_scores(vt, text)
-    # empty matches, which google-re2's finditer repeats where one match ends and the next begins
+    # rules that can match the empty string (google-re2's finditer repeats some empty matches): re
     empty = CategoryClassifier(rules={"x": [(r"^", 1.0), (r"$", 1.0), (r"\b", 0.5), (r"z*", 0.25)]}, cap=10**6)
     for text in ("a\nb\n", "ab cd", ("a\nb c\n" + "x" * 2000), ("ab cd\n" * 300)):
         assert empty.scores(text) == _reference_scores(empty, text)
@@ -269,6 +268,7 @@ def test_the_fast_engine_on_a_long_text_and_the_rules_re2_refuses():
     assert CategoryClassifier(rules={"x": [(r"\bпривет\b", 2.0)]}).classify_text("Привет, мир") == "x"
     assert CategoryClassifier() == CategoryClassifier()
     assert sum(len(r) for _, r in CategoryClassifier()._compiled) == len(CategoryClassifier()._in_set)  # all RE2
+    # a lookbehind and a possessive repeat (RE2 refuses both) and {,n} (RE2 would read it as text)
     odd = CategoryClassifier(rules={"x": [(r"(?<=a)b", 1.0), (r"c++d", 1.0), (r"ef{,2}g", 1.0)]}, min_score=3.0)
     for text in ("ab cd effg", ("ab cd effg " * 200)):
         assert odd.scores(text) == _reference_scores(odd, text)
