@@ -151,7 +151,12 @@ class Calling:
     def _tries(self, d: Decision, fallback: bool) -> Tries:
         return Tries(d, self.breakers, self.config.reliability, switch=self._switch,
                      on_model_failed=self._model_failed, rng=self._rng, fallback=fallback,
-                     on_latency=self.router.observe_latency)
+                     on_latency=self._observe_latency)
+
+    def _observe_latency(self, d: Decision, first: float | None, total: float) -> None:
+        """A timed answer, folded into the latency estimates on the loop's next turn: off the answer's
+        path, like the rest of the books (the breaker has counted the success already)."""
+        asyncio.get_running_loop().call_soon(self.router.observe_latency, d, first, total)
 
     def _switch(self, d: Decision, k: int) -> None:
         """Fall back: the decision (and so its row and its feedback) now names model ``k``."""

@@ -42,20 +42,21 @@ log = logging.getLogger("bandit_router")
 
 class _EventIds:
     """Unguessable event ids: the time in ms (12 hex digits, so ids sort by time and a new row
-    lands at the right edge of the database index, not on a random page) and 128 random bits
-    (URL-safe base64, from os.urandom in bulk)."""
+    lands at the right edge of the database index, not on a random page) and 144 random bits
+    (24 characters of URL-safe base64). The random parts are made in bulk: 18 bytes are exactly 24
+    characters, so one encoding of ``batch`` × 18 bytes of os.urandom yields ``batch`` of them."""
 
     def __init__(self, batch: int = 256) -> None:
         self.batch = batch
-        self.buf = b""
+        self.buf = ""
         self.pos = 0
 
     def __call__(self, now: float) -> str:
         if self.pos >= len(self.buf):
-            self.buf, self.pos = os.urandom(16 * self.batch), 0
-        raw = self.buf[self.pos:self.pos + 16]
-        self.pos += 16
-        return f"{int(now * 1000):012x}" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+            self.buf, self.pos = base64.urlsafe_b64encode(os.urandom(18 * self.batch)).decode(), 0
+        pos = self.pos
+        self.pos = pos + 24
+        return f"{int(now * 1000):012x}{self.buf[pos:pos + 24]}"
 
 
 _NONE = np.empty(0)

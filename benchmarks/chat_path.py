@@ -4,7 +4,7 @@
 
 The service is built as ``serve`` builds it (SQLite in a temporary directory, its writer thread),
 without the metrics hooks, with providers that answer from memory, and each step of ``POST /v1/chat/completions`` for a
-short routed request runs in turn: the body parsed, validated, the hints read, the locality
+short routed request runs in turn: the body parsed, validated and its hints read, the locality
 check, the decision (features, category, Thompson draw, tracking), the cache key, the call
 (retries bookkeeping, latency estimates, the answer parsed, its cost), the response built, and the
 books the loop's next turn keeps once the answer is out (the decision row queued, the output
@@ -28,7 +28,7 @@ from bandit_router.config import parse_config
 from bandit_router.providers.base import Completion, Usage
 from bandit_router.server import handlers
 from bandit_router.server.app import build_router
-from bandit_router.server.requests import ChatRequest, chat_hints
+from bandit_router.server.requests import read_chat
 from bandit_router.service import Service
 from bandit_router.storage import open_store
 
@@ -75,10 +75,8 @@ async def run(requests: int, models: int) -> dict[str, float]:
             t = clock()
             body = orjson.loads(BODY)
             t = step("parse the body", t)
-            req = ChatRequest.model_validate(body)
-            t = step("validate (pydantic)", t)
-            hints = chat_hints(http_request, req, body)
-            t = step("hints (body, headers)", t)
+            _, hints = read_chat(http_request, body)
+            t = step("validate, hints", t)
             service.restrict(body, hints)
             t = step("locality check", t)
             d = service.decide(body["messages"], hints, record=False)

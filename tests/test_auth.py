@@ -222,7 +222,8 @@ async def test_an_upstream_echoing_its_key_never_reaches_the_client(aiohttp_serv
 @pytest.mark.asyncio
 async def test_error_bodies_are_scrubbed_of_every_configured_secret(aiohttp_client):
     """The middleware's last line of defence, whatever a handler put in an error message."""
-    from bandit_router.server.auth import AuthSettings, make_auth_middleware
+    from bandit_router.server.auth import AuthSettings
+    from bandit_router.server.guard import make_guard
 
     secrets = ("sk-upstream-1111111111", "client-key-2222222222", TOKEN)
 
@@ -231,7 +232,7 @@ async def test_error_bodies_are_scrubbed_of_every_configured_secret(aiohttp_clie
         return web.json_response({"error": {"message": " / ".join(secrets)}}, status=status)
 
     settings = AuthSettings(secrets=secrets)
-    app = web.Application(middlewares=[make_auth_middleware(settings)])
+    app = web.Application(middlewares=[make_guard(settings)])
     app.router.add_get("/leak", leaky)
     client = await aiohttp_client(app)
     text = await (await client.get("/leak")).text()

@@ -22,8 +22,8 @@ from ..router import Router
 from ..service import Service
 from ..storage import open_store
 from . import admin, dashboard, handlers, metrics
-from .auth import AuthSettings, log_summary, make_auth_middleware
-from .errors import error_middleware
+from .auth import AuthSettings, log_summary
+from .guard import make_guard
 from .keys import CONFIG, DB_PATH, SCHEDULER, SERVICE
 from .openapi import add_openapi
 
@@ -99,7 +99,7 @@ def make_app(config: RouterConfig, *, db_path: str | Path | None = None,
     auth = AuthSettings.from_config(config, admin_local_only=admin_local_only)
     log_summary(auth, config)
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[metrics.metrics_middleware, error_middleware, make_auth_middleware(auth)])
+                          middlewares=[make_guard(auth)])
     app[CONFIG] = config
     app[DB_PATH] = str(db_path or config.storage.path)
     app.cleanup_ctx.append(_service_ctx)

@@ -107,7 +107,7 @@ def upstream_keys(config: RouterConfig) -> list[str]:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """What the middleware checks. ``repr`` never shows a secret."""
+    """What :func:`refuse` checks, and the secrets :func:`scrub` removes. ``repr`` never shows a secret."""
 
     admin_digest: bytes | None = field(default=None, repr=False)
     admin_local_only: bool = False
@@ -159,7 +159,7 @@ _TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 
 
 def tenant_of(request: web.Request) -> str:
-    """The request's tenant, as the auth middleware set it (``default`` outside it)."""
+    """The request's tenant, as :func:`refuse` set it (``default`` when nothing did)."""
     return request.get(TENANT, DEFAULT_TENANT)
 
 
@@ -192,7 +192,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def _scrub(resp: web.StreamResponse, secrets: tuple[str, ...]) -> web.StreamResponse:
+def scrub(resp: web.StreamResponse, secrets: tuple[str, ...]) -> web.StreamResponse:
     """An error body never carries a secret, whatever an upstream echoed back."""
     if not secrets or resp.status < 400 or not isinstance(resp, web.Response) or not isinstance(resp.body, bytes):
         return resp
@@ -210,35 +210,34 @@ def _dashboard_page(request: web.Request) -> bool:
     return request.method in ("GET", "HEAD") and request.path == "/admin/dashboard"
 
 
-def make_auth_middleware(settings: AuthSettings):  # type: ignore[no-untyped-def]
-    @web.middleware
-    async def auth_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        area = _area(request)
-        if area == "admin":
-            if settings.admin_local_only and not is_loopback(request.remote):
-                return error(403, "admin API is local-only (--admin-local-only): requests must come from a "
-                                  "loopback address", code="admin_local_only")
-            if settings.admin_digest is not None:
-                if not _matches(bearer(request), (settings.admin_digest,)) and not _dashboard_page(request):
-                    return _unauthorized("admin API: missing or wrong bearer token (Authorization: Bearer <token>)",
-                                         "invalid_admin_token")
-            elif not settings.admin_local_only:
-                return error(403, ADMIN_DISABLED, code="admin_disabled")
-        elif area == "v1" and settings.clients_need_keys:
-            i = _match(bearer(request), settings.client_digests)
-            if i is None:
-                return _unauthorized("missing or incorrect API key (Authorization: Bearer <key>)", "invalid_api_key")
-            request[TENANT] = settings.client_tenants[i]
-        elif area == "v1":
-            claimed = request.headers.get(TENANT_HEADER)
-            if claimed is not None:
-                if not 0 < len(claimed) <= 64 or not set(claimed) <= _TENANT_CHARS:
-                    return error(422, f"{TENANT_HEADER}: {claimed[:80]!r} must be 1-64 letters, digits, '_', '.' "
-                                      "or '-'", code="invalid_tenant")
-                request[TENANT] = claimed
-        return _scrub(await handler(request), settings.secrets)
-
-    return auth_middleware
+def refuse(request: web.Request, settings: AuthSettings) -> web.Response | None:
+    """The refusal of a request its caller may not make (401, 403, or 422 for a bad tenant header),
+    else None. Sets the request's tenant (:func:`tenant_of`). Run for every request by
+    :mod:`.guard`."""
+    area = _area(request)
+    if area == "admin":
+        if settings.admin_local_only and not is_loopback(request.remote):
+            return error(403, "admin API is local-only (--admin-local-only): requests must come from a "
+                              "loopback address", code="admin_local_only")
+        if settings.admin_digest is not None:
+            if not _matches(bearer(request), (settings.admin_digest,)) and not _dashboard_page(request):
+                return _unauthorized("admin API: missing or wrong bearer token (Authorization: Bearer <token>)",
+                                     "invalid_admin_token")
+        elif not settings.admin_local_only:
+            return error(403, ADMIN_DISABLED, code="admin_disabled")
+    elif area == "v1" and settings.clients_need_keys:
+        i = _match(bearer(request), settings.client_digests)
+        if i is None:
+            return _unauthorized("missing or incorrect API key (Authorization: Bearer <key>)", "invalid_api_key")
+        request[TENANT] = settings.client_tenants[i]
+    elif area == "v1":
+        claimed = request.headers.get(TENANT_HEADER)
+        if claimed is not None:
+            if not 0 < len(claimed) <= 64 or not set(claimed) <= _TENANT_CHARS:
+                return error(422, f"{TENANT_HEADER}: {claimed[:80]!r} must be 1-64 letters, digits, '_', '.' "
+                                  "or '-'", code="invalid_tenant")
+            request[TENANT] = claimed
+    return None
 
 
 class RedactingFilter(logging.Filter):

@@ -8,7 +8,7 @@
   (from the store), and the recent breaker and drift events (see :class:`EventLog`).
 * The page also polls ``GET /admin/arms`` (posterior quality, cost per request, health).
 
-Auth: both JSON endpoints are ordinary ``/admin/*`` routes behind the bearer-token middleware. The
+Auth: both JSON endpoints are ordinary ``/admin/*`` routes behind the bearer-token check (``guard``). The
 page's script takes the token from the URL fragment (``/admin/dashboard#token=...``, never sent to
 the server, and removed from the address bar and history at once) or from its sign-in form, keeps it
 in ``sessionStorage`` (this tab only, gone when the tab closes) and sends it as

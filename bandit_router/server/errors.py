@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
-
-log = logging.getLogger("bandit_router")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
           409: "conflict_error", 410: "expired_error", 413: "invalid_request_error", 422: "invalid_request_error",
@@ -30,16 +26,8 @@ def validation_error(e: ValidationError) -> web.Response:
     return error(422, "; ".join(parts), param=first)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    try:
-        return await handler(request)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        msg = {404: f"no route {request.method} {request.path}", 405: f"method {request.method} not allowed",
-               413: "request body too large"}.get(e.status, e.reason)
-        return error(e.status, msg)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error(500, "internal error (logged)")
+def http_error(request: web.Request, e: web.HTTPException) -> web.Response:
+    """aiohttp's own refusals (no such route, wrong method, body too large) as error objects."""
+    msg = {404: f"no route {request.method} {request.path}", 405: f"method {request.method} not allowed",
+           413: "request body too large"}.get(e.status, e.reason)
+    return error(e.status, msg)

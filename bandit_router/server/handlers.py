@@ -24,7 +24,7 @@ from ..storage.base import StoreOverloaded
 from .auth import tenant_of
 from .errors import error, validation_error
 from .keys import SERVICE
-from .requests import ChatMessage, ChatRequest, RouteRequest, apply_headers, chat_hints, read_json
+from .requests import ChatMessage, RouteRequest, apply_headers, read_chat, read_json
 
 log = logging.getLogger("bandit_router")
 
@@ -59,22 +59,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         return error(400, "the body must be a JSON object (an OpenAI Chat Completions request)")
     try:
-        req = ChatRequest.model_validate(body)
-        hints = chat_hints(request, req, body)
+        model, hints = read_chat(request, body)
     except ValidationError as e:
         return validation_error(e)
     except ValueError as e:
         return error(422, str(e))
-    if req.model != "auto" and req.model not in service.router.index:
-        return error(404, f"model: {req.model!r} is not configured; use 'auto' or one of "
+    if model != "auto" and model not in service.router.index:
+        return error(404, f"model: {model!r} is not configured; use 'auto' or one of "
                      f"{', '.join(service.router.models)}", param="model", code="model_not_found")
-    if req.model != "auto" and not service.router.enabled[service.router.index[req.model]]:
-        return error(409, f"model: {req.model!r} is disabled (deprecated) on this router; use 'auto'",
+    if model != "auto" and not service.router.enabled[service.router.index[model]]:
+        return error(409, f"model: {model!r} is disabled (deprecated) on this router; use 'auto'",
                      param="model", code="model_disabled")
     messages = body["messages"]  # validated above; forwarded as the client sent them
     try:
         detected = service.restrict(body, hints)  # the whole request: tool calls and tools too
-        d = service.decide(messages, hints, model=None if req.model == "auto" else req.model, record=False)
+        d = service.decide(messages, hints, model=None if model == "auto" else model, record=False)
     except NoEligibleModel as e:
         return error(503, str(e), code="no_eligible_model")
     except TooManyCategories as e:

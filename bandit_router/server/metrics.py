@@ -48,8 +48,8 @@ MAX_SOURCES = 20
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1)
 
-# upstream call times of the request being served (set by the middleware, appended by the providers)
-_UPSTREAM: ContextVar[list[float] | None] = ContextVar("bandit_router_upstream", default=None)
+# upstream call times of the request being served (set by the guard, appended by the providers)
+UPSTREAM_TIMES: ContextVar[list[float] | None] = ContextVar("bandit_router_upstream", default=None)
 
 
 class _TimedProvider:
@@ -82,8 +82,8 @@ class _TimedProvider:
             return await self._inner.complete(*args, **kwargs)
         finally:
             dt = time.perf_counter() - t0
-            self._hist.observe(dt)
-            acc = _UPSTREAM.get()
+            asyncio.get_running_loop().call_soon(self._hist.observe, dt)  # off the answer's path
+            acc = UPSTREAM_TIMES.get()
             if acc is not None:
                 acc.append(dt)
 
@@ -233,31 +233,9 @@ class _ScrapeCollector(Collector):
 METRICS = web.AppKey("metrics", Metrics)
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path != CHAT_PATH:
-        return await handler(request)
-    m = request.app[METRICS]
-    acc: list[float] = []
-    token = _UPSTREAM.set(acc)
-    t0 = time.perf_counter()
-    status = 500
-    resp: web.StreamResponse | None = None
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    except web.HTTPException as e:
-        status = e.status
-        raise
-    finally:
-        _UPSTREAM.reset(token)
-        total = time.perf_counter() - t0
-        # counted on the loop's next turn, once the answer has gone out (it is sent after this returns)
-        asyncio.get_running_loop().call_soon(_count, m, resp, status, total, acc)
-
-
-def _count(m: Metrics, resp: web.StreamResponse | None, status: int, total: float, acc: list[float]) -> None:
+def count_request(m: Metrics, resp: web.StreamResponse | None, status: int, total: float, acc: list[float]) -> None:
+    """One chat request served (by :mod:`.guard`, once the answer is out): ``total`` seconds in all,
+    ``acc`` its upstream calls' times."""
     h = resp.headers if resp is not None else {}
     streamed = resp is not None and not isinstance(resp, web.Response)
     m.request_done(h.get("X-Router-Model", "none"), h.get("X-Router-Category", "none"), status,
