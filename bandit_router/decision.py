@@ -5,7 +5,7 @@ needs later). Plain data; the :class:`~bandit_router.router.Router` makes and co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,8 +77,8 @@ class Decision:
     prompt_tokens: int
     expected_cost: float
     cost_weight: float
-    scores: np.ndarray
-    costs: np.ndarray
+    scores: Sequence[float]  # per model, as the policy scored them (lists of floats: see policy.choose)
+    costs: Sequence[float]  # per model, the expected $ of this request
     event_id: str | None = None
     timestamp: float | None = None
     quality: float | None = None  # the quality learned so far (None: no feedback yet)
@@ -87,8 +87,8 @@ class Decision:
     # no closed form): the draw was score_mean + score_sd·N(0,1) per arm, independently, and the
     # largest was chosen. Kept as the sampler computed them (no extra work on the hot path); the
     # properties below derive the moments. None for a decision rebuilt from a stored row.
-    draw_sd: np.ndarray | None = None  # per arm: posterior sd of θ·x (explore not applied)
-    draw_z: np.ndarray | None = None  # per arm: the draw's standard normals, already times ``explore``
+    draw_sd: Sequence[float] | None = None  # per arm: posterior sd of θ·x (explore not applied)
+    draw_z: Sequence[float] | None = None  # per arm: the draw's standard normals, already times ``explore``
     explore: float = 1.0
     # latency hints: the chosen model's expected latency (s), every model's, and whether a deadline
     # held (None: no deadline asked; False: none was expected to meet it, so the fastest was chosen)
@@ -102,17 +102,17 @@ class Decision:
         the arm was not eligible)."""
         if self.draw_sd is None or self.draw_z is None or len(self.scores) != len(self.draw_sd):
             return None  # (also once the scores were dropped, after the decision's row was written)
-        return self.scores - self.draw_sd * self.draw_z
+        return np.asarray(self.scores) - np.asarray(self.draw_sd) * np.asarray(self.draw_z)
 
     @property
     def score_sd(self) -> np.ndarray | None:
         """Per arm: the sd of its Thompson draw, ``explore`` included."""
-        return None if self.draw_sd is None else self.draw_sd * self.explore
+        return None if self.draw_sd is None else np.asarray(self.draw_sd) * self.explore
 
     @property
     def chosen(self) -> int:
         """The arm the policy chose: ``arm`` until a fallback switches the decision to another model."""
-        return int(self.scores.argmax()) if len(self.scores) else self.arm
+        return int(np.argmax(self.scores)) if len(self.scores) else self.arm
 
     def moments(self) -> np.ndarray | None:
         """``[chosen, score_mean × K, score_sd × K]`` as one float64 array (what the log stores), or None."""

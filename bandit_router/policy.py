@@ -1,9 +1,12 @@
 """Thompson sampling over eligible models: sampled quality − cost_weight × expected cost.
 
-The decision rule in one place, on plain arrays, so it can be read and tested alone.
+The decision rule in one place, on plain per-model sequences, so it can be read and tested alone.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -12,20 +15,28 @@ class NoEligibleModel(LookupError):
     """No model may serve this request (all disabled, excluded or over a limit)."""
 
 
-def choose(sampled_quality: np.ndarray, expected_cost: np.ndarray, cost_weight: float,
-           penalty: np.ndarray) -> tuple[int, np.ndarray]:
+def choose(sampled_quality: Sequence[float], expected_cost: Sequence[float], cost_weight: float,
+           penalty: Sequence[float]) -> tuple[int, list[float]]:
     """Index of the best eligible arm, and every arm's score.
 
     ``score_k = sampled_quality_k − cost_weight × expected_cost_k + penalty_k``, where the penalty
-    is 0 for an eligible arm and −inf for one that may not serve; ties go to the lower index.
+    is 0 for an eligible arm and −inf for one that may not serve; ties go to the lower index. A NaN
+    score (a damaged posterior) leaves no choice, as ``numpy.argmax`` would find it first.
+
+    Lists of floats, one per model: with a handful of models, Python floats cost less than a numpy
+    call per step, and the arithmetic is numpy's, step for step (``tests/test_router.py``).
     """
-    score = expected_cost * -cost_weight
-    score += sampled_quality
-    score += penalty
-    k = int(score.argmax())
-    if score[k] == -np.inf or score[k] != score[k]:
+    scores = [c * -cost_weight + q + p for q, c, p in zip(sampled_quality, expected_cost, penalty, strict=True)]
+    k, best = -1, -math.inf
+    for i, s in enumerate(scores):
+        if s > best:
+            k, best = i, s
+        elif s != s:
+            k = -1
+            break
+    if k < 0:
         raise NoEligibleModel("no eligible model: every model is disabled, excluded or over a limit")
-    return k, score
+    return k, scores
 
 
 def apply_deadline(penalty: np.ndarray, drawn: np.ndarray, estimate: np.ndarray,

@@ -382,6 +382,15 @@ class ArmPosteriors:
         v += self._wx_mean
         return v, sd
 
+    def draw_moments(self, x: np.ndarray) -> tuple[list[float], list[float]]:
+        """Every arm's ``(θ̂_k·x, sd_k)`` as lists of floats: what :meth:`sample_moments` draws from,
+        for a decision that does its per-arm arithmetic in Python floats (with a handful of arms,
+        cheaper than a numpy call per step). ``θ̂_k·x + sd_k * z_k`` is, bit for bit, its draw."""
+        np.dot(self.W, x, out=self._wx)
+        xpx = np.dot(self._wx_px, x).tolist()
+        sqrt = math.sqrt
+        return self._wx_mean.tolist(), [sqrt(max(v, 0.0)) * s for v, s in zip(xpx, self.sigma.tolist(), strict=True)]
+
     def mean_quality(self, i: int, x: np.ndarray | None = None) -> tuple[float, float]:
         """Exact posterior mean and sd of quality on arm i, at ``x`` or at the arm's mean features."""
         post = self.get(i)

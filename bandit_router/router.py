@@ -26,7 +26,7 @@ __all__ = ["BanditSettings", "Decision", "ModelSpec", "NoEligibleModel", "Router
 
 
 class _Category:
-    __slots__ = ("name", "arms", "out", "lat", "serves", "last_t", "penalty", "out_cost")
+    __slots__ = ("name", "arms", "out", "lat", "serves", "last_t", "penalty", "out_cost", "penalty_l", "out_cost_l")
 
     def __init__(self, name: str, dim: int, latency: LatencyEstimates) -> None:
         self.name = name
@@ -37,6 +37,8 @@ class _Category:
         self.last_t: float | None = None  # time the category's sums were last decayed to
         self.penalty = np.zeros(0)  # 0 where a model may serve, -inf where disabled or not serving
         self.out_cost = np.zeros(0)  # expected $ of the output tokens, per model
+        self.penalty_l: list[float] = []  # the same two as lists, for the decision's arithmetic
+        self.out_cost_l: list[float] = []
 
 
 class Router:
@@ -64,8 +66,9 @@ class Router:
         self._lat_rng = np.random.default_rng((self.settings.seed, 1))
         self._lz = np.zeros((0, 0))
         self._lzi = 0
-        self._z = np.zeros((0, 0))
+        self._z: list[list[float]] = []  # a block of the draws' standard normals (times explore), row by row
         self._zi = 0
+        self._input_per_token: list[float] = []
         h = self.settings.half_life_events
         self._event_decay = 1.0 if h is None else 0.5 ** (1.0 / h)
         self._log_event_decay = math.log(self._event_decay)
@@ -96,7 +99,7 @@ class Router:
         self._min_context = float(self.max_context.min())
         for cat in self._cats.values():
             self._add_arm(cat, spec)
-        self._z = np.zeros((0, len(self.specs)))
+        self._z = []
         self._lz = np.zeros((0, len(self.specs)))
         self._refresh_costs()
 
@@ -108,6 +111,8 @@ class Router:
                 continue  # mid-way through adding a model
             c.penalty = np.where(self.enabled & c.serves, 0.0, -np.inf)
             c.out_cost = c.out.mean * self.prices.output_per_token
+            c.penalty_l, c.out_cost_l = c.penalty.tolist(), c.out_cost.tolist()
+        self._input_per_token = self.prices.input_per_token.tolist()
 
     def _add_arm(self, cat: _Category, spec: ModelSpec) -> None:
         s = self.settings
@@ -234,20 +239,21 @@ class Router:
         (see :mod:`bandit_router.latency`), so a model whose latency is still unknown gets tried."""
         cat = self._cats.get(category) or self._category(category)
         if self._zi >= len(self._z):
-            self._z = self._rng.standard_normal((1024, len(self.specs)))
-            self._z *= self.settings.explore  # the draws' sd scale, applied once per block
-            self._zi = 0
+            block = self._rng.standard_normal((1024, len(self.specs)))
+            block *= self.settings.explore  # the draws' sd scale, applied once per block
+            self._z, self._zi = block.tolist(), 0
         z = self._z[self._zi]
-        q, sd = cat.arms.sample_moments(x, z)
         self._zi += 1
-        costs = prompt_tokens * self.prices.input_per_token
-        costs += cat.out_cost
-        penalty = cat.penalty
+        # Per model, in Python floats: a numpy call costs more than a handful of models' arithmetic.
+        mean, sd = cat.arms.draw_moments(x)
+        q = [s * zk + m for s, zk, m in zip(sd, z, mean, strict=True)]  # the Thompson draws
+        costs = [prompt_tokens * a + b for a, b in zip(self._input_per_token, cat.out_cost_l, strict=True)]
+        penalty = cat.penalty_l
         if eligible is not None or max_cost_usd is not None:
-            ok = np.ones(len(costs), dtype=bool) if eligible is None else eligible.copy()
+            ok = [True] * len(costs) if eligible is None else eligible.tolist()
             if max_cost_usd is not None:
-                ok &= costs <= max_cost_usd
-            penalty = np.where(ok, 0.0 if forced else penalty, -np.inf)
+                ok = [o and c <= max_cost_usd for o, c in zip(ok, costs, strict=True)]
+            penalty = [(0.0 if forced else p) if o else -math.inf for o, p in zip(ok, penalty, strict=True)]
         w = self.settings.cost_weight if cost_weight is None else cost_weight
         lat = met = None
         if latency_weight or max_latency_s is not None:
@@ -258,11 +264,12 @@ class Router:
             drawn = cat.lat.sample(stream, self._lz[self._lzi])  # what decides (exploring)
             self._lzi += 1
             if latency_weight:
-                q = q - latency_weight * drawn
+                q = (np.array(q) - latency_weight * drawn).tolist()
             if max_latency_s is not None:
-                penalty, met = apply_deadline(penalty, drawn, lat, max_latency_s)
+                pen, met = apply_deadline(np.array(penalty), drawn, lat, max_latency_s)
+                penalty = pen.tolist()
         k, scores = choose(q, costs, w, penalty)
-        return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), float(costs[k]), w,
+        return Decision(category, self.specs[k].name, k, x, int(prompt_tokens), costs[k], w,
                         scores, costs, event_id, timestamp, None, None, sd, z, self.settings.explore,
                         None if lat is None else float(lat[k]), lat, met)
 
@@ -315,6 +322,7 @@ class Router:
         cat = self._cats[decision.category]
         cat.out.observe(decision.arm, completion_tokens)
         cat.out_cost[decision.arm] = cat.out.mean[decision.arm] * self.prices.output_per_token[decision.arm]
+        cat.out_cost_l[decision.arm] = float(cat.out_cost[decision.arm])
 
     def observe_latency(self, decision: Decision, ttft_s: float | None, total_s: float) -> None:
         """Fold an answer's timing into its (category, model) latency estimates (``ttft_s``: None for

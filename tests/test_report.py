@@ -92,7 +92,7 @@ def test_decision_moments_describe_its_draw():
     arms = router._cats["general"].arms
     d = router.decide_features(x, "general", 500)
     mean = arms.theta @ x
-    np.testing.assert_allclose(d.score_mean, mean - d.cost_weight * d.costs, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(d.score_mean, mean - d.cost_weight * np.asarray(d.costs), rtol=1e-12, atol=1e-12)
     sd = arms.sigma * np.sqrt(np.einsum("i,kij,j->k", x, arms.P, x))  # the sampler's cached posterior
     np.testing.assert_allclose(d.score_sd, 0.5 * sd, rtol=1e-9)
     exact = np.array([arms.get(k).predict(x)[1] for k in range(arms.k)])  # the exact one, refreshed lazily

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bandit_router.costs import Price
 from bandit_router.features import estimate_tokens, featurize
@@ -239,7 +241,7 @@ def test_decision_carries_what_learning_needs():
     p = PRICES[d.model]
     assert d.expected_cost == pytest.approx((pt * p.input + 256 * p.output) / 1e6, rel=1e-12)
     assert d.cost_weight == 10.0
-    assert d.scores[d.arm] == d.scores.max()
+    assert d.scores[d.arm] == max(d.scores)
 
 
 def test_delayed_feedback_updates_exactly_its_own_arm():
@@ -283,7 +285,7 @@ def test_learn_accepts_the_bounds(q):
 def test_max_cost_excludes_expensive_models():
     router = known_router(1)
     m = msgs(PROMPTS["B"][0])
-    costs = router.decide(m, category="B").costs
+    costs = np.asarray(router.decide(m, category="B").costs)
     limit = float(np.sort(costs)[1]) * 1.0001  # only the two cheapest fit
     allowed = {router.models[i] for i in np.flatnonzero(costs <= limit)}
     assert allowed == {"tiny", "coder"}
@@ -385,3 +387,49 @@ def test_warm_start_output_tokens_reach_the_expected_cost():
     d = router.decide(msgs("Explain recursion."), category="A")
     assert d.costs[router.index["coder"]] == pytest.approx(
         (estimate_tokens(msgs("Explain recursion.")) * 0.5 + tokens * 2.0) / 1e6, rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 12), seed=st.integers(0, 2**32 - 1), forced=st.booleans())
+def test_the_decision_in_python_floats_is_numpy_arithmetic_bit_for_bit(k, seed, forced):
+    """decide_features does its per-model arithmetic in Python floats (policy.choose): every score,
+    cost and draw equals the vectorised formula's, computed with numpy from the same state, to the
+    last bit, and the choice is numpy's argmax."""
+    rng = np.random.default_rng(seed)
+    specs = [ModelSpec(f"m{i}", Price(float(rng.uniform(0, 20)), float(rng.uniform(0, 80))),
+                       categories=None if i == 0 or rng.random() < 0.8 else ("A",)) for i in range(k)]
+    router = Router(specs, BanditSettings(seed=seed, explore=float(rng.uniform(0.1, 2))), categories=("A", "B"))
+    for _ in range(int(rng.integers(0, 60))):  # some learning, output lengths, a price change
+        d = router.decide_features(np.r_[1.0, rng.random(router.dim - 1)], "B", float(rng.integers(1, 5000)))
+        router.learn(d, float(rng.random()))
+        router.observe_output(d, float(rng.integers(1, 2000)))
+    router.scale_price(f"m{int(rng.integers(k))}", float(rng.uniform(0.1, 3)))
+    if k > 1 and rng.random() < 0.5:
+        router.set_enabled(f"m{int(rng.integers(1, k))}", False)
+    for _ in range(20):
+        x = np.r_[1.0, rng.normal(size=router.dim - 1)]
+        tokens, w = float(rng.integers(1, 20000)), float(rng.uniform(0, 100))
+        eligible = rng.random(k) < 0.8 if rng.random() < 0.5 else None
+        cat = router._cats["B"]
+        costs = tokens * router.prices.input_per_token
+        costs += cat.out_cost
+        limit = float(rng.choice(costs)) if rng.random() < 0.3 else None  # at a model's cost: <= counts
+        try:
+            d = router.decide_features(x, "B", tokens, cost_weight=w, eligible=eligible, max_cost_usd=limit,
+                                       forced=forced and eligible is not None)
+        except NoEligibleModel:
+            d = None
+        z = np.asarray(router._z[router._zi - 1])
+        draw, sd = cat.arms.sample_moments(x, z)  # the vectorised formula (numpy)
+        ok = np.ones(k, dtype=bool) if eligible is None else eligible.copy()
+        if limit is not None:
+            ok &= costs <= limit
+        penalty = np.where(ok, 0.0 if forced and eligible is not None else cat.penalty, -np.inf)
+        score = costs * -w
+        score += draw
+        score += penalty
+        if d is None:
+            assert not np.isfinite(score).any()
+            continue
+        assert d.arm == int(score.argmax()) and d.costs == costs.tolist() and d.expected_cost == costs[d.arm]
+        assert d.scores == score.tolist() and d.draw_sd == sd.tolist() and d.draw_z == z.tolist()
