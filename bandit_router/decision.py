@@ -100,26 +100,33 @@ class Decision:
     def score_mean(self) -> np.ndarray | None:
         """Per arm: the mean of its score, posterior mean quality − cost_weight × cost (−inf where
         the arm was not eligible)."""
-        if self.draw_sd is None or self.draw_z is None or len(self.scores) != len(self.draw_sd):
-            return None  # (also once the scores were dropped, after the decision's row was written)
-        return np.asarray(self.scores) - np.asarray(self.draw_sd) * np.asarray(self.draw_z)
+        mean = self._score_mean()
+        return None if mean is None else np.array(mean)
 
     @property
     def score_sd(self) -> np.ndarray | None:
         """Per arm: the sd of its Thompson draw, ``explore`` included."""
-        return None if self.draw_sd is None else np.asarray(self.draw_sd) * self.explore
+        return None if self.draw_sd is None else np.array([s * self.explore for s in self.draw_sd])
 
     @property
     def chosen(self) -> int:
         """The arm the policy chose: ``arm`` until a fallback switches the decision to another model."""
-        return int(np.argmax(self.scores)) if len(self.scores) else self.arm
+        if not len(self.scores):
+            return self.arm
+        scores = list(self.scores)
+        return scores.index(max(scores))  # the first best, as the policy breaks ties
 
     def moments(self) -> np.ndarray | None:
         """``[chosen, score_mean × K, score_sd × K]`` as one float64 array (what the log stores), or None."""
-        mean, sd = self.score_mean, self.score_sd
-        if mean is None or sd is None:
+        mean = self._score_mean()
+        if mean is None or self.draw_sd is None:
             return None
-        return np.concatenate(([float(self.chosen)], mean, sd))
+        return np.array([float(self.chosen), *mean, *(s * self.explore for s in self.draw_sd)])
+
+    def _score_mean(self) -> list[float] | None:
+        if self.draw_sd is None or self.draw_z is None or len(self.scores) != len(self.draw_sd):
+            return None  # (also once the scores were dropped, after the decision's row was written)
+        return [s - d * z for s, d, z in zip(self.scores, self.draw_sd, self.draw_z, strict=True)]
 
 
 class TooManyCategories(ValueError):

@@ -113,3 +113,42 @@ def test_read_chat_agrees_on_both_paths():
         read_chat(_request(), {"model": "auto", "messages": [{"role": "robot", "content": "hi"}]})
     with pytest.raises(ValueError, match="X-Router-Cost-Weight"):
         read_chat(_request({"X-Router-Cost-Weight": "-1"}), plain)
+
+
+@pytest.mark.asyncio
+async def test_read_json_takes_a_whole_body_at_once_and_keeps_the_size_limit(aiohttp_client):
+    import asyncio
+
+    from aiohttp import web
+
+    from bandit_router.server.auth import AuthSettings
+    from bandit_router.server.guard import make_guard
+    from bandit_router.server.requests import read_json
+
+    async def echo(request: web.Request) -> web.Response:
+        eof = request.content.is_eof()  # before reading: the path read_json takes
+        return web.json_response({"body": await read_json(request), "whole": eof})
+
+    app = web.Application(client_max_size=200, middlewares=[make_guard(AuthSettings())])
+    app.router.add_post("/echo", echo)
+    client = await aiohttp_client(app)
+    r = await client.post("/echo", data=b'{"a": [1, 2]}')
+    assert r.status == 200 and await r.json() == {"body": {"a": [1, 2]}, "whole": True}
+    r = await client.post("/echo", data=b'{"a": "' + b"x" * 300 + b'"}')  # arrived whole, over the limit
+    assert r.status == 413 and "too large" in (await r.json())["error"]["message"]
+
+    async def pieces():  # a body that is still arriving when the handler starts: aiohttp's read loop
+        for part in (b'{"a": ', b'"slow"', b"}"):
+            await asyncio.sleep(0.05)
+            yield part
+
+    r = await client.post("/echo", data=pieces())
+    assert r.status == 200 and await r.json() == {"body": {"a": "slow"}, "whole": False}
+
+    async def big():
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+            yield b"x" * 60
+
+    r = await client.post("/echo", data=big())
+    assert r.status == 413

@@ -64,8 +64,20 @@ class RouteRequest(BaseModel):
 MAX_DEPTH = 128  # JSON nesting: far beyond any real request, and below orjson's limit for writing (254)
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request's body. Usually all of it has arrived with the headers: then it is taken as it is,
+    without aiohttp's read loop (two awaits and two copies); the size limit holds either way."""
+    content = request.content
+    if content.is_eof():
+        raw = content.read_nowait()
+        if len(raw) > request.client_max_size:
+            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=len(raw))
+        return raw
+    return await request.read()
+
+
 async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
+    raw = await _body(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
