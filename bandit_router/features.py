@@ -69,6 +69,18 @@ _DIGITS = b"0123456789"
 _MATH = b"+-*/=^<>%"
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
+# each byte's class for the density features: d digit, m math operator, U upper, l lower, n newline
+
+
+def _class_table() -> bytes:
+    table = bytearray(b"." * 256)
+    for members, name in ((_DIGITS, b"d"), (_MATH, b"m"), (_UPPER, b"U"), (_LOWER, b"l"), (b"\n", b"n")):
+        for b in members:
+            table[b] = name[0]
+    return bytes(table)
+
+
+_CLASSES = _class_table()
 _OPTION = re.compile(rb"\n\(?([A-H])[).]\s")
 _BLANK = re.compile(rb"\s_[\s.,;:!?]")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -118,59 +130,65 @@ def text_tokens(text: str) -> int:
     return max(1, len(text.encode("utf-8", "surrogatepass")) // 4)
 
 
-def _last_user(messages: Sequence[Message]) -> str:
-    for m in reversed(messages):
-        if m.get("role", "user") == "user":
-            return message_text(m)
-    return message_text(messages[-1]) if messages else ""
-
-
 def featurize(messages: Sequence[Message]) -> np.ndarray:
     """The feature vector of a chat request (see the module docstring for the layout)."""
-    total_chars = 0
-    has_system = 0.0
-    for m in messages:
-        total_chars += len(message_text(m))
-        if m.get("role") == "system":
-            has_system = 1.0
-    last = _last_user(messages)
+    texts = [message_text(m) for m in messages]
+    last = ""  # the last user message (a message without a role counts as the user's), else the last one
+    for m, text in zip(reversed(messages), reversed(texts), strict=True):
+        if m.get("role", "user") == "user":
+            last = text
+            break
+    else:
+        last = texts[-1] if texts else ""
     tail = last[-TAIL_CHARS:]
     tb = tail.encode("utf-8", "surrogatepass")
-    n = max(len(tb), 1)
-    non_ascii = len(tb) - len(tail)
+    n = len(tb) or 1
     low = tb.lower()
     words = low.translate(_PUNCT_TO_SPACE).split()
     wordset = set(words)
-    n_words = max(len(words), 1)
-    n_upper = n - len(tb.translate(None, _UPPER))
-    n_letters = n_upper + n - len(tb.translate(None, _LOWER))
+    n_words = len(words) or 1
+    # one pass over the bytes sorts them into classes, then each class is counted (no copies)
+    classes = tb.translate(_CLASSES)
+    n_upper = classes.count(b"U")
+    n_letters = n_upper + classes.count(b"l")
     nl_tail = b"\n" + tb
 
     f = [0.0] * DIM
     f[0] = 1.0
-    f[1] = min(math.log1p(total_chars) / 10.0, 1.5)
-    f[2] = min(math.log1p(last.count(" ") + 1) / 8.0, 1.5)
-    f[3] = min(len(messages), 20) / 20.0
-    f[4] = has_system
+    v = math.log1p(sum(map(len, texts))) / 10.0
+    f[1] = v if v < 1.5 else 1.5
+    v = math.log1p(last.count(" ") + 1) / 8.0
+    f[2] = v if v < 1.5 else 1.5
+    f[3] = (len(messages) if len(messages) < 20 else 20) / 20.0
+    f[4] = 1.0 if any(m.get("role") == "system" for m in messages) else 0.0
     count = tb.count
     m0, m1, m2, m3, m4, m5, m6, m7 = _CODE_MARKS
-    code_marks = count(m0) + count(m1) + count(m2) + count(m3) + count(m4) + count(m5) + count(m6) + count(m7)
-    f[5] = min(code_marks, 10) / 10.0
-    f[6] = min(len(wordset & _CODE_WORDS), 3) / 3.0
-    f[7] = min((n - len(tb.translate(None, _DIGITS))) / n * 5.0, 1.0)
-    f[8] = min((n - len(tb.translate(None, _MATH))) / n * 10.0, 1.0)
-    f[9] = min(len(set(_OPTION.findall(nl_tail))), 5) / 5.0
+    v = count(m0) + count(m1) + count(m2) + count(m3) + count(m4) + count(m5) + count(m6) + count(m7)
+    f[5] = (v if v < 10 else 10) / 10.0
+    v = len(wordset & _CODE_WORDS)
+    f[6] = (v if v < 3 else 3) / 3.0
+    v = classes.count(b"d") / n * 5.0
+    f[7] = v if v < 1.0 else 1.0
+    v = classes.count(b"m") / n * 10.0
+    f[8] = v if v < 1.0 else 1.0
+    v = len(set(_OPTION.findall(nl_tail)))
+    f[9] = (v if v < 5 else 5) / 5.0
     f[10] = 1.0 if b"_" in tb and _BLANK.search(nl_tail + b" ") else 0.0
     f[11] = 1.0 if b"?" in tb else 0.0
+    non_ascii = len(tb) - len(tail)
     if non_ascii:
         f[12] = min(non_ascii / n, 1.0)
         f[13] = min(len(_CJK.findall(tail)) / n, 1.0)
         f[14] = min(len(_OTHER_SCRIPT.findall(tail)) / n, 1.0)
-    f[15] = n_upper / max(n_letters, 1)
-    f[16] = min(tb.count(b"\n") * 80.0 / n, 1.0)
-    f[17] = min(len(wordset & _CU_WORDS), 3) / 3.0
-    f[18] = min(len(wordset & _REASON_WORDS), 3) / 3.0
-    f[19] = min(len(b"".join(words)) / n_words / 10.0, 1.0)
+    f[15] = n_upper / (n_letters or 1)
+    v = classes.count(b"n") * 80.0 / n
+    f[16] = v if v < 1.0 else 1.0
+    v = len(wordset & _CU_WORDS)
+    f[17] = (v if v < 3 else 3) / 3.0
+    v = len(wordset & _REASON_WORDS)
+    f[18] = (v if v < 3 else 3) / 3.0
+    v = len(b"".join(words)) / n_words / 10.0
+    f[19] = v if v < 1.0 else 1.0
     recent = words[-HASHED_WORDS:]
     if recent:
         scale = 0.25 / math.sqrt(len(recent))

@@ -49,6 +49,16 @@ def test_shape_intercept_and_names():
         assert np.all(x[1:N_DENSE] >= 0) and np.all(x[1:N_DENSE] <= 1.0)
 
 
+def test_an_empty_message_has_no_density():
+    """Digits, operators and upper case are shares of an empty text: none (it once counted as full)."""
+    F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    for messages in ([], [{"role": "user", "content": ""}], [{"role": "user", "content": None}]):
+        x = featurize(messages)
+        assert x[F["digit_density"]] == x[F["math_density"]] == x[F["upper_share"]] == x[F["line_density"]] == 0.0
+    x = featurize([{"role": "user", "content": "A1+\n"}])
+    assert (x[F["digit_density"]], x[F["math_density"]], x[F["upper_share"]]) == (1.0, 1.0, 1.0)
+
+
 def test_deterministic_within_a_process():
     for m in SAMPLES:
         np.testing.assert_array_equal(featurize(m), featurize(m))
