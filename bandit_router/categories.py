@@ -136,6 +136,7 @@ class CategoryClassifier:
     _in_set: list[int] = field(init=False, repr=False, compare=False)  # set index -> rule number
     _always: frozenset[int] = field(init=False, repr=False, compare=False)  # rules matched by re: always scanned
     _every: frozenset[int] = field(init=False, repr=False, compare=False)  # every rule number
+    _by_number: list[tuple[str, _Pattern, _Pattern, float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._compiled, self._in_set = [], []
@@ -164,6 +165,8 @@ class CategoryClassifier:
         self._set = fast if self._in_set else None
         self._always = frozenset(always)
         self._every = frozenset(range(n))
+        self._by_number = [(category, slow, fast, weight) for category, compiled in self._compiled
+                           for _, slow, fast, weight in compiled]
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (and copied) as its settings: the compiled engines are rebuilt (RE2's cannot be pickled)."""
@@ -187,14 +190,11 @@ class CategoryClassifier:
             matched = self._set.Match(data) if self._set is not None else None
             maybe = self._always.union([self._in_set[j] for j in matched]) if matched else self._always
             short = len(text) <= _SHORT
-        out = {}
-        for category, rules in self._compiled:
-            s = 0.0
-            for n, slow, fast, weight in rules:
-                if n not in maybe:
-                    continue
-                s += weight * _count(slow.finditer(text) if short or fast is slow else fast.finditer(data), self.cap)
-            out[category] = s
+        out = dict.fromkeys([c for c, _ in self._compiled], 0.0)
+        for n in sorted(maybe):  # only the rules that can match, in order (so each sum adds up as it did)
+            category, slow, fast, weight = self._by_number[n]
+            out[category] += weight * _count(slow.finditer(text) if short or fast is slow else fast.finditer(data),
+                                             self.cap)
         return out
 
     def classify_text(self, text: str) -> str:
