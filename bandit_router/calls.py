@@ -8,7 +8,6 @@ graders in the background
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import logging
@@ -27,6 +26,7 @@ from .router import Decision
 from .storage.base import StateRow, StoreOverloaded
 
 if TYPE_CHECKING:
+    from .books import Books
     from .config import RouterConfig
     from .grading import Grading
     from .reliability import Breakers
@@ -68,6 +68,7 @@ class Calling:
     providers: dict[str, Provider]
     breakers: Breakers
     grading: Grading
+    books: Books  # what an answer leaves to do, run off its path
     metrics: Any
     _rng: random.Random
 
@@ -97,7 +98,7 @@ class Calling:
         return cost
 
     def _account_after(self, d: Decision, usage: Usage, graded: Any, cost: float) -> None:
-        """:meth:`account`, run by the loop once the answer has gone out (see :meth:`complete`)."""
+        """:meth:`account`, run with the books once the answer has gone out (see :meth:`complete`)."""
         try:
             self.account(d, usage, graded=graded, cost=cost)
         except Exception:  # nobody to answer any more: say so in the log
@@ -154,9 +155,9 @@ class Calling:
                      on_latency=self._observe_latency)
 
     def _observe_latency(self, d: Decision, first: float | None, total: float) -> None:
-        """A timed answer, folded into the latency estimates on the loop's next turn: off the answer's
-        path, like the rest of the books (the breaker has counted the success already)."""
-        asyncio.get_running_loop().call_soon(self.router.observe_latency, d, first, total)
+        """A timed answer, folded into the latency estimates with the books: off the answer's path
+        (the breaker has counted the success already)."""
+        self.books.add(self.router.observe_latency, d, first, total)
 
     def _switch(self, d: Decision, k: int) -> None:
         """Fall back: the decision (and so its row and its feedback) now names model ``k``."""
@@ -189,6 +190,7 @@ class Calling:
         while True:
             capped = self._cap_output(d, body)
             tries.begin()
+            self.books.run_soon()  # earlier answers' books: while this call waits on its upstream
             try:
                 done = await self.providers[d.model].complete(capped)
             except UpstreamError as e:
@@ -207,13 +209,13 @@ class Calling:
         graded = (capped["messages"], answer, reference)
         if self.pacers:  # the answer reports the tenant's budget after this call: charge it first
             return done, self.account(d, done.usage, graded=graded)
-        # The answer first, the books right after: the row, the metrics and the graders wait for
-        # the loop's next turn, by when the handler has sent the answer (nothing in between awaits,
-        # unless the client is slow to read). Nothing can come between that needs the books: the
-        # client learns the event id from this answer, and feedback on a decision still in flight
-        # writes its row first. The cost is fixed now, as the answer reports it.
+        # The answer first, the books later (see books.py): the row, the metrics and the graders
+        # wait until the loop next waits on an upstream, or another endpoint is asked, or 2 ms.
+        # Nothing that needs them can come first: the other endpoints run the books before they
+        # read, and feedback on a decision still in flight writes its row first. The cost is fixed
+        # now, as the answer reports it.
         cost = self._cost(d.model, done.usage)
-        asyncio.get_running_loop().call_soon(self._account_after, d, done.usage, graded, cost)
+        self.books.add(self._account_after, d, done.usage, graded, cost)
         return done, cost
 
     def _learns(self, d: Decision) -> bool:
@@ -249,6 +251,7 @@ class Calling:
                 text.clear()
                 meta: dict[str, Any] = {"plain": True, "finish_reason": None}
                 tries.begin()
+                self.books.run_soon()
                 try:
                     async with contextlib.aclosing(self.providers[d.model].stream(capped, result)) as batches:
                         async for batch in batches:  # what one upstream read brought: one write to the client

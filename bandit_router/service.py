@@ -24,6 +24,7 @@ import orjson
 from feedback import FeedbackSignal, combine
 from feedback.graders import LLMJudgeGrader
 
+from .books import Books
 from .cache import CacheEntry, ResponseCache, cache_key, cacheable
 from .calls import Calling
 from .config import RouterConfig
@@ -117,6 +118,7 @@ class Service(Calling):
         c = config.cache
         self.cache = ResponseCache(max_entries=c.max_entries, ttl_s=c.ttl_s) if c.enabled else None
         self.pacers = Pacers(config.budget.usd_per_day, config.budget.tenants)
+        self.books = Books()  # what answers leave to do, off their path (see books.py)
         self.metrics: Any = None  # server.metrics.Metrics: decided(d, locality), cost(d, usd), feedback(source)
 
     # -- deciding ----------------------------------------------------------------------------
@@ -344,7 +346,18 @@ class Service(Calling):
                 "decision_quality": quality, "model": d.model, "category": d.category, "learned": t.learn}
 
     # -- state -------------------------------------------------------------------------------
+    async def settle(self) -> None:
+        """What the answers so far left to do is done: the books run, and the graders they started end."""
+        self.books.run()
+        await self.grading.drain()
+
+    async def flush(self) -> None:
+        """Everything answered so far is durable: the books run, then the store's queue is written."""
+        self.books.run()
+        await self.store.flush()
+
     def checkpoint(self) -> None:
+        self.books.run()
         now = time.time()
         rows = [StateRow(k, v, now) for k, v in self.router.dirty_states().items()]
         rows += [StateRow(f"budget:{t}", orjson.dumps(p.export()), now) for t, p in self.pacers.pacers.items()]

@@ -131,7 +131,7 @@ async def test_a_repeated_deterministic_request_is_answered_from_the_cache(sim, 
     fb = await client.post("/v1/feedback", json={"event_id": b2["router"]["event_id"], "score": 0.0})
     assert fb.status == 200 and (await fb.json())["learned"] is False
     assert service.router.arm_stats() == before
-    await service.store.flush()
+    await service.flush()
     row = await service.store.get_decision(b2["router"]["event_id"])
     assert row.status == "cached" and row.cost_usd == 0.0 and row.learn is False
 

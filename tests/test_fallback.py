@@ -42,7 +42,7 @@ async def test_a_failing_model_falls_back_and_the_response_says_so(sim, aiohttp_
     assert body["router"]["fallback"]["from"] == ["gpt-5.4", "gpt-5.4"]  # one retry, then the runner-up
     assert body["router"]["model"] == "glm-5"
     service = app[SERVICE]
-    await service.store.flush()
+    await service.flush()
     row = await service.store.get_decision(r.headers["X-Router-Event-Id"])
     assert row.model == "glm-5" and row.status == "completed"  # feedback will teach glm-5, which answered
     health = (await (await client.get("/admin/arms")).json())["health"]

@@ -237,7 +237,7 @@ async def test_report_end_to_end(stack, tmp_path):
     r = await client.post("/v1/chat/completions", json={"model": "glm-5", "messages": [
         {"role": "user", "content": PROMPTS["general"]}]})  # a pass-through
     assert r.status == 200
-    await service.store.flush()
+    await service.flush()
     row = await service.store.get_decision(ids[0])
     m = np.frombuffer(row.score_moments, dtype=np.float64)
     assert len(m) == 2 * len(MODELS) + 1 and MODELS[int(m[0])] == row.model

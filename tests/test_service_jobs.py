@@ -48,7 +48,7 @@ async def test_feedback_window_then_expiry(stack):
     r = await client.post("/v1/feedback", json={"event_id": old, "score": 1})
     assert r.status == 410 and "feedback window" in (await r.json())["error"]["message"]
     service = app[SERVICE]
-    await service.store.flush()
+    await service.flush()
     assert await service.expire() == 2
     r = await client.post("/v1/feedback", json={"event_id": old, "score": 1})
     assert r.status == 404
@@ -70,7 +70,7 @@ async def test_checkpoint_and_time_based_forgetting(stack):
     after = service.router.arm_stats()["coding"]
     n_after = sum(a["effective_observations"] for a in after.values())
     assert n_after == pytest.approx(n_before * 2 ** -(now - last), rel=0.01)  # however slow the machine
-    await service.store.flush()
+    await service.flush()
     saved = service.store.load_state("category:coding")
     assert saved, "the checkpoint wrote the category state"
 
@@ -154,8 +154,8 @@ async def test_graders_run_in_the_background_and_feed_back(aiohttp_server, aioht
     # sampled out: science has rate 0
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": messages,
                                                         "router": {"reference": ref, "category": "science"}})
-    await service.grading.drain()
-    await service.store.flush()
+    await service.settle()
+    await service.flush()
     arms = await (await client.get("/admin/arms")).json()
     assert arms["graders"]["expected"]["graded"] == 2
     assert arms["graders"]["expected"]["skipped"] == 1
@@ -212,8 +212,8 @@ async def test_llm_judge_never_judges_its_own_model_and_keeps_to_budget(aiohttp_
     for _ in range(4):
         r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
         assert r.status == 200 and r.headers["X-Router-Model"] == "gpt-5.4"
-        await service.grading.drain()
-    await service.store.flush()
+        await service.settle()
+    await service.flush()
     arms = await (await client.get("/admin/arms")).json()
     stats = arms["graders"]["judge"]
     # each judge call costs $0.000105 against a $0.0025 burst: all four fit; the judge upstream saw them all
@@ -224,6 +224,6 @@ async def test_llm_judge_never_judges_its_own_model_and_keeps_to_budget(aiohttp_
     # exhaust the budget: further answers are not judged (counted as over_budget)
     service.grading.policy.spend(1.0, __import__("time").time())
     r = await client.post("/v1/chat/completions", json={"model": "auto", "messages": CODING})
-    await service.grading.drain()
+    await service.settle()
     stats = (await (await client.get("/admin/arms")).json())["graders"]["judge"]
     assert stats["over_budget"] == 1 and stats["graded"] == 4

@@ -58,7 +58,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await service.grading.drain()
+        await service.settle()
         service.checkpoint()
         await store.close()
         await client.close()

@@ -6,7 +6,8 @@ on this path that costs more than the checks themselves (about 10 µs a layer at
 ``benchmarks/overhead.py``). What it does, from the outside in:
 
 1. ``POST /v1/chat/completions`` is timed, with its upstream calls (``metrics.UPSTREAM_TIMES``),
-   and counted on the loop's next turn, once the answer has gone out.
+   and counted with the service's books (``books.py``), once the answer has gone out. Any other
+   request runs the books first, so what it reads is up to date.
 2. A caller who may not make the request is refused (``auth.refuse``).
 3. An error body never carries a configured secret (``auth.scrub``).
 4. aiohttp's own refusals (404, 405, 413) and anything a handler raised become error objects: a
@@ -15,7 +16,6 @@ on this path that costs more than the checks themselves (about 10 µs a layer at
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -24,6 +24,7 @@ from aiohttp import web
 
 from .auth import AuthSettings, refuse, scrub
 from .errors import error, http_error
+from .keys import SERVICE
 from .metrics import CHAT_PATH, METRICS, UPSTREAM_TIMES, count_request
 
 log = logging.getLogger("bandit_router")
@@ -36,6 +37,9 @@ def make_guard(settings: AuthSettings) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         timed = request.path == CHAT_PATH
+        service = request.app.get(SERVICE)
+        if not timed and service is not None:
+            service.books.run()  # what earlier answers left to do, before anything reads it
         if timed:
             acc: list[float] = []
             token = UPSTREAM_TIMES.set(acc)
@@ -60,7 +64,8 @@ def make_guard(settings: AuthSettings) -> Any:
                 total = time.perf_counter() - t0
                 if resp is not None:
                     status = resp.status
-                asyncio.get_running_loop().call_soon(count_request, request.app[METRICS], resp, status, total, acc)
+                if service is not None:
+                    service.books.add(count_request, request.app[METRICS], resp, status, total, acc)
         return scrub(resp, secrets)
 
     return guard
