@@ -4,9 +4,11 @@ charged, metrics, latency estimates, graders), kept off the answer's path.
 A serving loop is busiest right after an answer, when the next request may already be waiting;
 it is idlest while a request waits on its upstream. So the books wait: they run when the loop
 next waits on an upstream (:meth:`Books.run_soon`, called just before a request awaits its
-provider), or before anything reads what they write (:meth:`Books.run`: the other endpoints), or
-after ``max_delay_s`` whatever happens. At one connection this takes them out of the next request's
-time altogether (``benchmarks/overhead.py``).
+provider), or before another endpoint reads what they write (:meth:`Books.run`: every endpoint
+but the chat completion), or after ``max_delay_s`` whatever happens. At one connection this takes
+them out of the next request's time (``benchmarks/overhead.py``). What a decision reads (the
+output-length and latency estimates) is not kept in the books: it is updated on the loop's next
+turn, so the next chat request decides with it.
 
 Pure scheduling on the running event loop; one instance per service.
 """
@@ -27,6 +29,7 @@ class Books:
         self.max_delay_s = max_delay_s
         self._pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._soon = False
 
     def __len__(self) -> int:
@@ -35,8 +38,11 @@ class Books:
     def add(self, fn: Callable[..., Any], *args: Any) -> None:
         """``fn(*args)`` later, within ``max_delay_s``, in the order added."""
         self._pending.append((fn, args))
-        if self._timer is None:  # (one timer at a time, left to fire even when the books ran before it)
-            self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._deadline)
+        loop = asyncio.get_running_loop()
+        # one timer at a time, left to fire even when the books ran before it (one on a loop that
+        # has since closed never fires: a new one then)
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer, self._timer_loop = loop.call_later(self.max_delay_s, self._deadline), loop
 
     def _deadline(self) -> None:
         self._timer = None

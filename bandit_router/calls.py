@@ -8,6 +8,7 @@ graders in the background
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -84,13 +85,14 @@ class Calling:
     # -- completing --------------------------------------------------------------------------
     def account(self, d: Decision, usage: Usage, status: str = "completed", *,
                 graded: tuple[Sequence[Message], str | None, dict[str, Any] | None] | None = None,
-                cost: float | None = None) -> float:
+                cost: float | None = None, observed: bool = False) -> float:
         """The call ended: its row written with cost and tokens, the cost charged to its tenant's
         budget and, with ``graded`` (messages, answer, reference), the category's graders scheduled.
         One step, so what the budget and the graders need (the tenant, the locality) is read from
         the decision's entry as it leaves the in-flight set, whatever the LRU has evicted since.
-        ``cost``: the call's cost when it is already known (else from the usage)."""
-        if usage.completion_tokens:
+        ``cost``: the call's cost when it is already known (else from the usage); ``observed``: the
+        answer's length is already in the output estimate (see :meth:`complete`)."""
+        if usage.completion_tokens and not observed:
             self.router.observe_output(d, usage.completion_tokens)
         cost, t = self._settle(d, usage, status, cost)
         if graded is not None:
@@ -100,7 +102,7 @@ class Calling:
     def _account_after(self, d: Decision, usage: Usage, graded: Any, cost: float) -> None:
         """:meth:`account`, run with the books once the answer has gone out (see :meth:`complete`)."""
         try:
-            self.account(d, usage, graded=graded, cost=cost)
+            self.account(d, usage, graded=graded, cost=cost, observed=True)
         except Exception:  # nobody to answer any more: say so in the log
             log.exception("recording the completed call of %s failed", d.event_id)
             if (d.event_id or "") in self._inflight:  # its row not written yet: write it, not left in flight
@@ -155,9 +157,9 @@ class Calling:
                      on_latency=self._observe_latency)
 
     def _observe_latency(self, d: Decision, first: float | None, total: float) -> None:
-        """A timed answer, folded into the latency estimates with the books: off the answer's path
-        (the breaker has counted the success already)."""
-        self.books.add(self.router.observe_latency, d, first, total)
+        """A timed answer, folded into the latency estimates on the loop's next turn: after the
+        answer has gone out, before the next request decides (the breaker has counted it already)."""
+        asyncio.get_running_loop().call_soon(self.router.observe_latency, d, first, total)
 
     def _switch(self, d: Decision, k: int) -> None:
         """Fall back: the decision (and so its row and its feedback) now names model ``k``."""
@@ -212,9 +214,13 @@ class Calling:
         # The answer first, the books later (see books.py): the row, the metrics and the graders
         # wait until the loop next waits on an upstream, or another endpoint is asked, or 2 ms.
         # Nothing that needs them can come first: the other endpoints run the books before they
-        # read, and feedback on a decision still in flight writes its row first. The cost is fixed
-        # now, as the answer reports it.
+        # read, and feedback on a decision still in flight writes its row first. What the next
+        # decision reads (the output-length and latency estimates) is updated on the loop's next
+        # turn instead, before another request can decide. The cost is fixed now, as the answer
+        # reports it.
         cost = self._cost(d.model, done.usage)
+        if done.usage.completion_tokens:
+            asyncio.get_running_loop().call_soon(self.router.observe_output, d, done.usage.completion_tokens)
         self.books.add(self._account_after, d, done.usage, graded, cost)
         return done, cost
 

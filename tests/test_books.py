@@ -75,3 +75,40 @@ async def test_another_endpoint_reads_what_an_answer_left(aiohttp_server, aiohtt
     assert row["decisions"] == 1 and row["mean_cost_usd"] > 0
     metrics = await (await client.get("/metrics")).text()
     assert 'bandit_router_requests_total{category="' in metrics
+
+
+@pytest.mark.asyncio
+async def test_the_next_chat_request_decides_with_what_the_last_answer_taught(tmp_path):
+    """The estimates a decision reads (output length, latency) do not wait in the books: once the
+    loop has turned, the next request's expected cost and latency include the last answer."""
+    from bandit_router.config import parse_config
+    from bandit_router.providers.base import Completion, Usage
+    from bandit_router.server.app import build_router
+    from bandit_router.service import Hints, Service
+    from bandit_router.storage import open_store
+
+    class Slow:
+        async def complete(self, body):
+            await asyncio.sleep(0.05)
+            return Completion({"choices": [{"message": {"role": "assistant", "content": "ok"}}]},
+                              Usage(20, 4000, 0))
+
+    cfg = parse_config({"models": [{"name": "m", "base_url": "http://127.0.0.1:1/v1", "input_price": 1.0,
+                                    "output_price": 2.0, "latency_s": 20.0}]})
+    store = open_store(tmp_path / "b.db")
+    await store.start()
+    service = Service(cfg, build_router(cfg), store, {"m": Slow()})
+    service.books.max_delay_s = 60.0
+    messages = [{"role": "user", "content": "hi"}]
+    hints = Hints(max_latency_s=30.0)
+    first = service.decide(messages, hints, record=False)
+    await service.complete(first, {"model": "auto", "messages": messages})
+    await asyncio.sleep(0)  # the loop turns (the next request's handler would start after this)
+    assert len(service.books) > 0  # the row and metrics still wait
+    before = service.decide(messages, hints, record=False)
+    service.books.run()
+    after = service.decide(messages, hints, record=False)
+    assert before.expected_cost == after.expected_cost > first.expected_cost  # 4,000 tokens, not 256
+    assert before.latency_s == after.latency_s < first.latency_s  # 0.05 s answered, not the 20 s prior
+    await service.flush()
+    await store.close()

@@ -152,3 +152,29 @@ async def test_read_json_takes_a_whole_body_at_once_and_keeps_the_size_limit(aio
 
     r = await client.post("/echo", data=big())
     assert r.status == 413
+
+
+@pytest.mark.asyncio
+async def test_the_guard_answers_a_broken_handler_with_an_error_object_and_a_zero_limit_is_none(aiohttp_client):
+    from aiohttp import web
+
+    from bandit_router.server.auth import AuthSettings
+    from bandit_router.server.guard import make_guard
+    from bandit_router.server.requests import read_json
+
+    async def broken(request: web.Request) -> web.Response:
+        return None  # type: ignore[return-value]  # a bug: no response
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response(await read_json(request))
+
+    app = web.Application(client_max_size=0, middlewares=[make_guard(AuthSettings(secrets=("sk-secret-123456",)))])
+    app.router.add_get("/broken", broken)
+    app.router.add_post("/echo", echo)
+    client = await aiohttp_client(app)
+    r = await client.get("/broken")
+    assert r.status == 500 and (await r.json())["error"]["message"] == "internal error (logged)"
+    r = await client.get("/nothing/sk-secret-123456")  # aiohttp's own 404 names the path: scrubbed too
+    assert r.status == 404 and "sk-secret" not in await r.text() and "[redacted]" in await r.text()
+    r = await client.post("/echo", data=b'{"a": "' + b"x" * 5000 + b'"}')  # client_max_size=0: no limit, as in aiohttp
+    assert r.status == 200 and len((await r.json())["a"]) == 5000

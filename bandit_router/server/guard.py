@@ -16,6 +16,7 @@ on this path that costs more than the checks themselves (about 10 µs a layer at
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -50,11 +51,12 @@ def make_guard(settings: AuthSettings) -> Any:
             resp = refuse(request, settings)
             if resp is None:
                 resp = await handler(request)
+            resp = scrub(resp, secrets)
         except web.HTTPException as e:
             if e.status < 400:
                 status = e.status
                 raise
-            resp = http_error(request, e)
+            resp = scrub(http_error(request, e), secrets)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             resp = error(500, "internal error (logged)")
@@ -64,8 +66,11 @@ def make_guard(settings: AuthSettings) -> Any:
                 total = time.perf_counter() - t0
                 if resp is not None:
                     status = resp.status
+                args = (request.app[METRICS], resp, status, total, acc)
                 if service is not None:
-                    service.books.add(count_request, request.app[METRICS], resp, status, total, acc)
-        return scrub(resp, secrets)
+                    service.books.add(count_request, *args)
+                else:
+                    asyncio.get_running_loop().call_soon(count_request, *args)
+        return resp
 
     return guard

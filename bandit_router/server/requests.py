@@ -70,7 +70,7 @@ async def _body(request: web.Request) -> bytes:
     content = request.content
     if content.is_eof():
         raw = content.read_nowait()
-        if len(raw) > request.client_max_size:
+        if request.client_max_size and len(raw) > request.client_max_size:  # (0: no limit, as aiohttp reads it)
             raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=len(raw))
         return raw
     return await request.read()
