@@ -85,14 +85,13 @@ class Calling:
     # -- completing --------------------------------------------------------------------------
     def account(self, d: Decision, usage: Usage, status: str = "completed", *,
                 graded: tuple[Sequence[Message], str | None, dict[str, Any] | None] | None = None,
-                cost: float | None = None, observed: bool = False) -> float:
+                cost: float | None = None) -> float:
         """The call ended: its row written with cost and tokens, the cost charged to its tenant's
         budget and, with ``graded`` (messages, answer, reference), the category's graders scheduled.
         One step, so what the budget and the graders need (the tenant, the locality) is read from
         the decision's entry as it leaves the in-flight set, whatever the LRU has evicted since.
-        ``cost``: the call's cost when it is already known (else from the usage); ``observed``: the
-        answer's length is already in the output estimate (see :meth:`complete`)."""
-        if usage.completion_tokens and not observed:
+        ``cost``: the call's cost when it is already known (else from the usage)."""
+        if usage.completion_tokens:
             self.router.observe_output(d, usage.completion_tokens)
         cost, t = self._settle(d, usage, status, cost)
         if graded is not None:
@@ -100,9 +99,11 @@ class Calling:
         return cost
 
     def _account_after(self, d: Decision, usage: Usage, graded: Any, cost: float) -> None:
-        """:meth:`account`, run with the books once the answer has gone out (see :meth:`complete`)."""
+        """:meth:`account` but the output estimate (updated already), run with the books once the
+        answer has gone out (see :meth:`complete`)."""
         try:
-            self.account(d, usage, graded=graded, cost=cost, observed=True)
+            _, t = self._settle(d, usage, "completed", cost)
+            self._grade_later(d, t, *graded)
         except Exception:  # nobody to answer any more: say so in the log
             log.exception("recording the completed call of %s failed", d.event_id)
             if (d.event_id or "") in self._inflight:  # its row not written yet: write it, not left in flight

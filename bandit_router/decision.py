@@ -106,7 +106,8 @@ class Decision:
     @property
     def score_sd(self) -> np.ndarray | None:
         """Per arm: the sd of its Thompson draw, ``explore`` included."""
-        return None if self.draw_sd is None else np.array([s * self.explore for s in self.draw_sd])
+        sd = self._score_sd()
+        return None if sd is None else np.array(sd)
 
     @property
     def chosen(self) -> int:
@@ -118,15 +119,18 @@ class Decision:
 
     def moments(self) -> np.ndarray | None:
         """``[chosen, score_mean × K, score_sd × K]`` as one float64 array (what the log stores), or None."""
-        mean = self._score_mean()
-        if mean is None or self.draw_sd is None:
+        mean, sd = self._score_mean(), self._score_sd()
+        if mean is None or sd is None:
             return None
-        return np.array([float(self.chosen), *mean, *(s * self.explore for s in self.draw_sd)])
+        return np.array([float(self.chosen), *mean, *sd])
 
     def _score_mean(self) -> list[float] | None:
         if self.draw_sd is None or self.draw_z is None or len(self.scores) != len(self.draw_sd):
             return None  # (also once the scores were dropped, after the decision's row was written)
         return [s - d * z for s, d, z in zip(self.scores, self.draw_sd, self.draw_z, strict=True)]
+
+    def _score_sd(self) -> list[float] | None:
+        return None if self.draw_sd is None else [s * self.explore for s in self.draw_sd]
 
 
 class TooManyCategories(ValueError):

@@ -69,10 +69,11 @@ _DIGITS = b"0123456789"
 _MATH = b"+-*/=^<>%"
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
-# each byte's class for the density features: d digit, m math operator, U upper, l lower, n newline
 
 
 def _class_table() -> bytes:
+    """Each byte's class for the density features: d digit, m math operator, U upper, l lower,
+    n newline, . anything else."""
     table = bytearray(b"." * 256)
     for members, name in ((_DIGITS, b"d"), (_MATH, b"m"), (_UPPER, b"U"), (_LOWER, b"l"), (b"\n", b"n")):
         for b in members:
@@ -133,7 +134,7 @@ def text_tokens(text: str) -> int:
 def featurize(messages: Sequence[Message]) -> np.ndarray:
     """The feature vector of a chat request (see the module docstring for the layout)."""
     texts = [message_text(m) for m in messages]
-    last = ""  # the last user message (a message without a role counts as the user's), else the last one
+    # the last user message (a message without a role counts as the user's), else the last one
     for m, text in zip(reversed(messages), reversed(texts), strict=True):
         if m.get("role", "user") == "user":
             last = text

@@ -26,7 +26,7 @@ __all__ = ["BanditSettings", "Decision", "ModelSpec", "NoEligibleModel", "Router
 
 
 class _Category:
-    __slots__ = ("name", "arms", "out", "lat", "serves", "last_t", "penalty", "out_cost", "penalty_l", "out_cost_l")
+    __slots__ = ("name", "arms", "out", "lat", "serves", "last_t", "penalty", "out_cost")
 
     def __init__(self, name: str, dim: int, latency: LatencyEstimates) -> None:
         self.name = name
@@ -35,10 +35,9 @@ class _Category:
         self.lat = latency
         self.serves = np.zeros(0, dtype=bool)
         self.last_t: float | None = None  # time the category's sums were last decayed to
-        self.penalty = np.zeros(0)  # 0 where a model may serve, -inf where disabled or not serving
-        self.out_cost = np.zeros(0)  # expected $ of the output tokens, per model
-        self.penalty_l: list[float] = []  # the same two as lists, for the decision's arithmetic
-        self.out_cost_l: list[float] = []
+        # per model, as lists of floats (the decision's arithmetic is in Python floats)
+        self.penalty: list[float] = []  # 0 where a model may serve, -inf where disabled or not serving
+        self.out_cost: list[float] = []  # expected $ of the output tokens
 
 
 class Router:
@@ -109,9 +108,8 @@ class Router:
         for c in [cat] if cat is not None else self._cats.values():
             if len(c.serves) != len(self.specs):
                 continue  # mid-way through adding a model
-            c.penalty = np.where(self.enabled & c.serves, 0.0, -np.inf)
-            c.out_cost = c.out.mean * self.prices.output_per_token
-            c.penalty_l, c.out_cost_l = c.penalty.tolist(), c.out_cost.tolist()
+            c.penalty = np.where(self.enabled & c.serves, 0.0, -np.inf).tolist()
+            c.out_cost = (c.out.mean * self.prices.output_per_token).tolist()
         self._input_per_token = self.prices.input_per_token.tolist()
 
     def _add_arm(self, cat: _Category, spec: ModelSpec) -> None:
@@ -247,8 +245,8 @@ class Router:
         # Per model, in Python floats: a numpy call costs more than a handful of models' arithmetic.
         mean, sd = cat.arms.draw_moments(x)
         q = [s * zk + m for s, zk, m in zip(sd, z, mean, strict=True)]  # the Thompson draws
-        costs = [prompt_tokens * a + b for a, b in zip(self._input_per_token, cat.out_cost_l, strict=True)]
-        penalty = cat.penalty_l
+        costs = [prompt_tokens * a + b for a, b in zip(self._input_per_token, cat.out_cost, strict=True)]
+        penalty = cat.penalty
         if eligible is not None or max_cost_usd is not None:
             ok = [True] * len(costs) if eligible is None else eligible.tolist()
             if max_cost_usd is not None:
@@ -321,8 +319,7 @@ class Router:
         """Fold the completion tokens of an answer into the output-length estimate."""
         cat = self._cats[decision.category]
         cat.out.observe(decision.arm, completion_tokens)
-        cat.out_cost[decision.arm] = cat.out.mean[decision.arm] * self.prices.output_per_token[decision.arm]
-        cat.out_cost_l[decision.arm] = float(cat.out_cost[decision.arm])
+        cat.out_cost[decision.arm] = float(cat.out.mean[decision.arm] * self.prices.output_per_token[decision.arm])
 
     def observe_latency(self, decision: Decision, ttft_s: float | None, total_s: float) -> None:
         """Fold an answer's timing into its (category, model) latency estimates (``ttft_s``: None for

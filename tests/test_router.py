@@ -412,7 +412,7 @@ def test_the_decision_in_python_floats_is_numpy_arithmetic_bit_for_bit(k, seed, 
         eligible = rng.random(k) < 0.8 if rng.random() < 0.5 else None
         cat = router._cats["B"]
         costs = tokens * router.prices.input_per_token
-        costs += cat.out_cost
+        costs += cat.out.mean * router.prices.output_per_token
         limit = float(rng.choice(costs)) if rng.random() < 0.3 else None  # at a model's cost: <= counts
         try:
             d = router.decide_features(x, "B", tokens, cost_weight=w, eligible=eligible, max_cost_usd=limit,
@@ -424,7 +424,8 @@ def test_the_decision_in_python_floats_is_numpy_arithmetic_bit_for_bit(k, seed, 
         ok = np.ones(k, dtype=bool) if eligible is None else eligible.copy()
         if limit is not None:
             ok &= costs <= limit
-        penalty = np.where(ok, 0.0 if forced and eligible is not None else cat.penalty, -np.inf)
+        serves = np.where(router.enabled & cat.serves, 0.0, -np.inf)
+        penalty = np.where(ok, 0.0 if forced and eligible is not None else serves, -np.inf)
         score = costs * -w
         score += draw
         score += penalty
